@@ -1,0 +1,113 @@
+//! The containerd boundary: one gRPC channel over containerd's socket, and requests scoped
+//! to the agent's namespace. Only services that containerd 1.6 and 2.x both serve are used
+//! (containers, tasks, content, diff, snapshots, images, leases, events, version).
+
+use std::path::{Path, PathBuf};
+
+use containerd_client::services::v1::{
+    containers_client::ContainersClient, content_client::ContentClient, diff_client::DiffClient,
+    events_client::EventsClient, images_client::ImagesClient, leases_client::LeasesClient,
+    snapshots::snapshots_client::SnapshotsClient, tasks_client::TasksClient,
+    version_client::VersionClient,
+};
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+/// The snapshotter the agent unpacks images into and runs containers from.
+pub const SNAPSHOTTER: &str = "overlayfs";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot connect to containerd at {path}: {source}")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("invalid containerd namespace {0:?}: use letters, digits, '.', '_' and '-'")]
+    Namespace(String),
+}
+
+/// A handle on containerd. Cloning is cheap: clones share the channel, which reconnects by
+/// itself after containerd restarts.
+#[derive(Clone, Debug)]
+pub struct Containerd {
+    channel: Channel,
+    namespace: MetadataValue<tonic::metadata::Ascii>,
+    namespace_name: String,
+}
+
+impl Containerd {
+    pub async fn connect(socket: &Path, namespace: &str) -> Result<Self, RuntimeError> {
+        let valid = !namespace.is_empty()
+            && namespace
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        let ns = match namespace.parse() {
+            Ok(ns) if valid => ns,
+            _ => return Err(RuntimeError::Namespace(namespace.to_string())),
+        };
+        let channel =
+            containerd_client::connect(socket)
+                .await
+                .map_err(|source| RuntimeError::Connect {
+                    path: socket.to_path_buf(),
+                    source,
+                })?;
+        Ok(Self {
+            channel,
+            namespace: ns,
+            namespace_name: namespace.to_string(),
+        })
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace_name
+    }
+
+    /// Wraps a message in a request scoped to the agent's namespace.
+    pub fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.metadata_mut()
+            .insert("containerd-namespace", self.namespace.clone());
+        req
+    }
+
+    /// Like [`Containerd::request`], and holds what the request creates under `lease` so the
+    /// garbage collector leaves it alone until the lease is deleted.
+    pub fn request_leased<T>(&self, msg: T, lease: &str) -> tonic::Request<T> {
+        let mut req = self.request(msg);
+        if let Ok(v) = lease.parse() {
+            req.metadata_mut().insert("containerd.lease", v);
+        }
+        req
+    }
+
+    pub fn containers(&self) -> ContainersClient<Channel> {
+        ContainersClient::new(self.channel.clone())
+    }
+    pub fn tasks(&self) -> TasksClient<Channel> {
+        TasksClient::new(self.channel.clone())
+    }
+    pub fn content(&self) -> ContentClient<Channel> {
+        ContentClient::new(self.channel.clone())
+    }
+    pub fn diff(&self) -> DiffClient<Channel> {
+        DiffClient::new(self.channel.clone())
+    }
+    pub fn snapshots(&self) -> SnapshotsClient<Channel> {
+        SnapshotsClient::new(self.channel.clone())
+    }
+    pub fn images(&self) -> ImagesClient<Channel> {
+        ImagesClient::new(self.channel.clone())
+    }
+    pub fn leases(&self) -> LeasesClient<Channel> {
+        LeasesClient::new(self.channel.clone())
+    }
+    pub fn events(&self) -> EventsClient<Channel> {
+        EventsClient::new(self.channel.clone())
+    }
+    pub fn version(&self) -> VersionClient<Channel> {
+        VersionClient::new(self.channel.clone())
+    }
+}
