@@ -4,4 +4,6 @@
 //! # Layout
 //! - `runtime`: the containerd connection, scoped to the agent's namespace.
 
+pub mod config;
 pub mod runtime;
+pub mod store;

@@ -2,6 +2,8 @@
 //! to the agent's namespace. Only services that containerd 1.6 and 2.x both serve are used
 //! (containers, tasks, content, diff, snapshots, images, leases, events, version).
 
+pub mod containers;
+
 use std::path::{Path, PathBuf};
 
 use containerd_client::services::v1::{
