@@ -1,1 +1,127 @@
-//! (to be written)
+//! The desired-state document: what the hub wants a device to run. The hub sends it whole and
+//! the agent persists it; `generation` orders documents so an older one never wins.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::taskdef::{self, TaskDefError, TaskDefinition};
+
+/// A desired-state error: JSON path (from the document root) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct DesiredError {
+    pub path: String,
+    pub message: String,
+}
+
+impl From<TaskDefError> for DesiredError {
+    fn from(e: TaskDefError) -> Self {
+        Self {
+            path: e.path,
+            message: e.message,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DesiredState {
+    pub generation: u64,
+    pub tasks: Vec<DesiredTask>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DesiredTask {
+    pub task_arn: String,
+    pub task_definition: TaskDefinition,
+    pub desired_status: DesiredStatus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DesiredStatus {
+    Running,
+    Stopped,
+}
+
+/// The id part of a task ARN: the last `/`-separated segment. Validated by
+/// [`DesiredState::parse`] to be 1 to 64 of `[A-Za-z0-9_.-]`.
+pub fn task_id_of(task_arn: &str) -> &str {
+    task_arn.rsplit('/').next().unwrap_or(task_arn)
+}
+
+fn valid_task_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && id != "."
+        && id != ".."
+}
+
+impl DesiredTask {
+    /// The last `/`-separated segment of the task ARN; containerd ids are built from it as
+    /// `<task_id>-<container name>`.
+    pub fn task_id(&self) -> &str {
+        task_id_of(&self.task_arn)
+    }
+}
+
+impl DesiredState {
+    /// Parses and validates a desired-state document: every task definition, unique task
+    /// ARNs, and task ids usable as containerd ids.
+    pub fn parse(json: &str) -> Result<DesiredState, DesiredError> {
+        let state: DesiredState = taskdef::from_json(json)?;
+        state.validate()?;
+        Ok(state)
+    }
+
+    pub fn validate(&self) -> Result<(), DesiredError> {
+        let mut arns = HashSet::new();
+        let mut ids = HashSet::new();
+        for (i, t) in self.tasks.iter().enumerate() {
+            let arn_path = format!("tasks[{i}].taskArn");
+            if !valid_task_id(t.task_id()) {
+                return Err(DesiredError {
+                    path: arn_path,
+                    message: format!(
+                        "{:?} does not end in a usable task id: the part after the last '/' \
+                         must be 1 to 64 letters, digits, '_', '.' or '-'",
+                        t.task_arn
+                    ),
+                });
+            }
+            if !arns.insert(t.task_arn.as_str()) {
+                return Err(DesiredError {
+                    path: arn_path,
+                    message: format!("task {:?} is listed twice", t.task_arn),
+                });
+            }
+            if !ids.insert(t.task_id()) {
+                return Err(DesiredError {
+                    path: arn_path,
+                    message: format!(
+                        "task id {:?} is used by two tasks; task ids must be unique on a device",
+                        t.task_id()
+                    ),
+                });
+            }
+            t.task_definition.validate().map_err(|e| DesiredError {
+                path: if e.path.is_empty() {
+                    format!("tasks[{i}].taskDefinition")
+                } else {
+                    format!("tasks[{i}].taskDefinition.{}", e.path)
+                },
+                message: e.message,
+            })?;
+        }
+        Ok(())
+    }
+
+    pub fn task(&self, task_arn: &str) -> Option<&DesiredTask> {
+        self.tasks.iter().find(|t| t.task_arn == task_arn)
+    }
+}
