@@ -1,9 +1,15 @@
 //! skerry-agent: runs Amazon ECS task definitions on containerd, from a desired-state
-//! document kept on disk.
+//! document kept on disk, with no network needed once images are local.
 //!
 //! # Layout
-//! - `runtime`: the containerd connection, scoped to the agent's namespace.
+//! - `config`: the agent's TOML configuration, validated before anything starts.
+//! - `store`: the crash-safe state (desired document, task records) in redb.
+//! - `runtime`: the containerd connection and container/process calls.
+//! - `reconcile`: converges containerd to the desired state; one supervisor per task.
+//! - `control`: the root-only unix socket behind `apply`, `ps` and `logs`.
 
 pub mod config;
+pub mod control;
+pub mod reconcile;
 pub mod runtime;
 pub mod store;

@@ -1,1 +1,276 @@
-fn main() {}
+//! `skerry-agent`: the daemon (`run`) and the commands that talk to it.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use skerry_agent::config::{Config, LogFormat};
+use skerry_agent::control::{self, Request};
+use skerry_agent::image::{ImageConfig, ImageStore};
+use skerry_agent::network::{Network, NetworkConfig};
+use skerry_agent::reconcile::Reconciler;
+use skerry_agent::runtime::Containerd;
+use skerry_agent::store::Store;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+/// sysexits' EX_CONFIG: the configuration is unusable.
+const EXIT_CONFIG: u8 = 64;
+const DEFAULT_CONFIG: &str = "/etc/skerry/agent.toml";
+
+#[derive(Parser)]
+#[command(name = "skerry-agent", version, about = "Runs Amazon ECS task definitions on containerd")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent daemon.
+    Run {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Give the running agent a desired-state document (JSON file, or - for stdin).
+    Apply {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        document: PathBuf,
+    },
+    /// List tasks and their containers.
+    Ps {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Print the tasks as DescribeTasks' `tasks` JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a container's output.
+    Logs {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Show only the last N lines.
+        #[arg(long)]
+        tail: Option<usize>,
+        /// Prefix each line with its time and stream.
+        #[arg(long)]
+        timestamps: bool,
+        /// Task ARN or id.
+        task: String,
+        container: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    // The shim starts this binary as a container's log driver, and containers start it
+    // as their init: neither goes through the command line below.
+    if let Some(dir) = skerry_agent::logs::driver_invocation(&args) {
+        return ExitCode::from(skerry_agent::logs::driver_main(&dir).clamp(0, 255) as u8);
+    }
+    if let Some(argv) = skerry_agent::init::invocation(&args) {
+        skerry_agent::init::run(argv);
+    }
+    let cli = Cli::parse();
+    let config_path = match &cli.cmd {
+        Cmd::Run { config } | Cmd::Apply { config, .. } | Cmd::Ps { config, .. } | Cmd::Logs { config, .. } => config.clone(),
+    };
+    let cfg = match Config::load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("skerry-agent: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("skerry-agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.cmd {
+            Cmd::Run { .. } => run(cfg).await,
+            Cmd::Apply { document, .. } => apply(&cfg, &document).await,
+            Cmd::Ps { json, .. } => ps(&cfg, json).await,
+            Cmd::Logs { task, container, tail, timestamps, .. } => {
+                logs(&cfg, task, container, tail, timestamps).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("skerry-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SKERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    init_tracing(cfg.log_format);
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&cfg.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
+    let agent_bin = std::env::current_exe().context("cannot find the agent's own binary")?;
+    let store = Store::open(&cfg.state_db())?;
+    let cd = Containerd::connect(&cfg.containerd_socket, &cfg.namespace).await?;
+    let images = ImageStore::new(
+        cd.clone(),
+        ImageConfig {
+            insecure: cfg.insecure_registries.clone(),
+            auths: cfg
+                .auths
+                .iter()
+                .map(|(k, (u, p))| (k.clone(), skerry_agent::image::Credentials { username: u.clone(), password: p.clone() }))
+                .collect(),
+            platform: cfg.platform.clone(),
+        },
+    );
+    let network = Network::new(NetworkConfig {
+        cni_bin_dirs: cfg.cni_bin_dirs.clone(),
+        state_dir: cfg.network_state_dir(),
+        netns_dir: cfg.netns_dir.clone(),
+        bridge: cfg.bridge.clone(),
+        subnet: cfg.subnet.clone(),
+    });
+    let shutdown = CancellationToken::new();
+    let cfg = Arc::new(cfg);
+    let (reconciler, handle) = Reconciler::new(
+        cfg.clone(),
+        cd,
+        images,
+        network,
+        store,
+        agent_bin,
+        shutdown.clone(),
+    )?;
+    let reconciling = tokio::spawn(reconciler.run());
+    let control = tokio::spawn({
+        let path = cfg.control_socket.clone();
+        let token = shutdown.clone();
+        async move { control::serve(&path, handle, token).await }
+    });
+    info!(data_dir = %cfg.data_dir.display(), namespace = %cfg.namespace, "agent running");
+    wait_for_signal().await?;
+    info!("shutting down");
+    shutdown.cancel();
+    let _ = reconciling.await;
+    control.await.context("control socket task")??;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+async fn apply(cfg: &Config, document: &Path) -> anyhow::Result<()> {
+    let text = if document == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).context("cannot read the document from stdin")?
+    } else {
+        std::fs::read_to_string(document)
+            .with_context(|| format!("cannot read {}", document.display()))?
+    };
+    // Validate here too, so a bad document is reported with its path before the daemon
+    // is involved.
+    skerry_proto::desired::DesiredState::parse(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", document.display()))?;
+    let (resp, _) = control::call(&cfg.control_socket, &Request::Apply { document: text }).await?;
+    if !resp.ok {
+        bail!("{}", resp.error.unwrap_or_default());
+    }
+    println!("applied generation {}", resp.generation.unwrap_or_default());
+    Ok(())
+}
+
+async fn ps(cfg: &Config, json: bool) -> anyhow::Result<()> {
+    let (resp, _) = control::call(&cfg.control_socket, &Request::Ps).await?;
+    if !resp.ok {
+        bail!("{}", resp.error.unwrap_or_default());
+    }
+    let tasks = resp.tasks.unwrap_or_default();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&tasks)?);
+        return Ok(());
+    }
+    println!("{:<40} {:<10} {:<10} {:<12} {:<8} {:<22} REASON", "TASK / CONTAINER", "STATUS", "DESIRED", "HEALTH", "EXIT", "PORTS");
+    for t in tasks {
+        let id = t.task_arn.rsplit('/').next().unwrap_or(&t.task_arn).to_string();
+        println!(
+            "{:<40} {:<10} {:<10} {:<12} {:<8} {:<22} {}",
+            id,
+            format!("{:?}", t.last_status).to_uppercase(),
+            format!("{:?}", t.desired_status).to_uppercase(),
+            format!("{:?}", t.health_status).to_uppercase(),
+            "",
+            "",
+            t.stopped_reason.unwrap_or_default()
+        );
+        for c in t.containers {
+            let ports: Vec<String> = c
+                .network_bindings
+                .iter()
+                .map(|b| format!("{}->{}", b.host_port, b.container_port))
+                .collect();
+            println!(
+                "  {:<38} {:<10} {:<10} {:<12} {:<8} {:<22} {}",
+                c.name,
+                format!("{:?}", c.last_status).to_uppercase(),
+                "",
+                format!("{:?}", c.health_status).to_uppercase(),
+                c.exit_code.map(|x| x.to_string()).unwrap_or_default(),
+                ports.join(","),
+                c.reason.unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn logs(
+    cfg: &Config,
+    task: String,
+    container: String,
+    tail: Option<usize>,
+    timestamps: bool,
+) -> anyhow::Result<()> {
+    let (resp, text) = control::call(
+        &cfg.control_socket,
+        &Request::Logs { task, container, tail, timestamps },
+    )
+    .await?;
+    if !resp.ok {
+        bail!("{}", resp.error.unwrap_or_default());
+    }
+    use std::io::Write;
+    std::io::stdout().write_all(&text)?;
+    Ok(())
+}

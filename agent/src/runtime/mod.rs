@@ -3,6 +3,7 @@
 //! (containers, tasks, content, diff, snapshots, images, leases, events, version).
 
 pub mod containers;
+pub mod view;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,448 @@
+//! The reconciler: converges what runs in containerd to the desired-state document. The
+//! document is committed to the store before anything acts on it; each task then gets a
+//! supervisor (`task`) that drives it through ECS's lifecycle. Local `apply` and the hub's
+//! link feed the same `Handle::apply`.
+
+mod health;
+pub mod policy;
+mod task;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use skerry_proto::desired::{DesiredState, DesiredStatus};
+use skerry_proto::status::{ContainerReport, HealthStatus, TaskReport, TaskStatus};
+use skerry_proto::taskdef::{ContainerDefinition, TaskDefinition};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::image::{ImageInfo, ImageStore};
+use crate::network::Network;
+use crate::runtime::containers::LABEL_TASK_ARN;
+use crate::runtime::Containerd;
+use crate::store::{Store, StoreError};
+
+/// How often finished supervisors and old STOPPED tasks are swept.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+/// How long supervisors get to finish what they are doing when the agent stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+const COMMAND_QUEUE: usize = 16;
+
+/// What the agent keeps per task, across restarts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub task_id: String,
+    pub definition: TaskDefinition,
+    pub report: TaskReport,
+    /// Restarts per container, by restart policy.
+    #[serde(default)]
+    pub restarts: BTreeMap<String, u32>,
+    /// When each container's current process started (epoch seconds).
+    #[serde(default)]
+    pub container_started: BTreeMap<String, f64>,
+    /// Everything the task held (containers, network, scratch files) has been removed.
+    #[serde(default)]
+    pub cleaned: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("generation {got} is older than the applied generation {current}; send a newer document")]
+    Stale { got: u64, current: u64 },
+    #[error("cannot persist the desired state: {0}")]
+    Store(#[from] StoreError),
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+}
+
+/// What supervisors share.
+pub(crate) struct Shared {
+    pub cfg: Arc<Config>,
+    pub cd: Containerd,
+    pub images: ImageStore,
+    pub network: Network,
+    pub store: Store,
+    /// The agent's own (static) binary: the shim's log driver and the containers' init.
+    pub agent_bin: PathBuf,
+    records: Mutex<BTreeMap<String, TaskRecord>>,
+    netns: Mutex<HashMap<String, Option<PathBuf>>>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, TaskRecord>> {
+        // A panic while holding the lock leaves records that are still whole values.
+        self.records.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn record(&self, arn: &str) -> Option<TaskRecord> {
+        self.lock().get(arn).cloned()
+    }
+
+    /// Changes a task's record and commits it.
+    pub(crate) fn update(&self, arn: &str, f: impl FnOnce(&mut TaskRecord)) {
+        let snapshot = {
+            let mut records = self.lock();
+            let Some(r) = records.get_mut(arn) else { return };
+            f(r);
+            r.clone()
+        };
+        if let Err(e) = self.store.put_task(arn, &snapshot) {
+            warn!(task = %arn, "cannot persist task state: {e}");
+        }
+    }
+
+    fn insert(&self, record: TaskRecord) -> Result<(), StoreError> {
+        self.store.put_task(&record.report.task_arn, &record)?;
+        self.lock().insert(record.report.task_arn.clone(), record);
+        Ok(())
+    }
+
+    pub(crate) fn set_netns(&self, task_id: &str, path: Option<PathBuf>) {
+        let mut m = self.netns.lock().unwrap_or_else(|p| p.into_inner());
+        m.insert(task_id.to_string(), path);
+    }
+
+    pub(crate) fn netns(&self, task_id: &str) -> Option<PathBuf> {
+        let m = self.netns.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(task_id).cloned().flatten()
+    }
+
+    /// The image's /etc/passwd and /etc/group, read only when a user or group is given by
+    /// name (numeric ids need neither).
+    pub(crate) async fn image_users(
+        &self,
+        image: &ImageInfo,
+        c: &ContainerDefinition,
+    ) -> Result<(Option<String>, Option<String>), String> {
+        let user = c
+            .user
+            .clone()
+            .or_else(|| image.config.config().as_ref().and_then(|x| x.user().clone()))
+            .unwrap_or_default();
+        let numeric = user
+            .split(':')
+            .all(|p| p.is_empty() || p.chars().all(|ch| ch.is_ascii_digit()));
+        if numeric {
+            return Ok((None, None));
+        }
+        let files = self
+            .cd
+            .read_image_files(&image.chain_id, &["etc/passwd", "etc/group"])
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut it = files.into_iter();
+        Ok((it.next().flatten(), it.next().flatten()))
+    }
+}
+
+pub(crate) fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+enum Command {
+    Apply(DesiredState, oneshot::Sender<Result<u64, ApplyError>>),
+}
+
+/// The way in: apply a document, read task reports.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+}
+
+impl Handle {
+    /// Commits `doc` and starts converging to it; returns the generation now applied.
+    pub async fn apply(&self, doc: DesiredState) -> Result<u64, ApplyError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Apply(doc, tx))
+            .await
+            .map_err(|_| ApplyError::ShuttingDown)?;
+        rx.await.map_err(|_| ApplyError::ShuttingDown)?
+    }
+
+    /// Every task the agent knows, oldest first, in the shape of DescribeTasks' `tasks`.
+    pub fn tasks(&self) -> Vec<TaskReport> {
+        let mut v: Vec<TaskReport> = self.shared.lock().values().map(|r| r.report.clone()).collect();
+        v.sort_by(|a, b| {
+            a.created_at
+                .partial_cmp(&b.created_at)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then_with(|| a.task_arn.cmp(&b.task_arn))
+        });
+        v
+    }
+
+    /// The log directory of `container` in the task named by ARN or id.
+    pub fn log_dir(&self, task: &str, container: &str) -> Option<PathBuf> {
+        let records = self.shared.lock();
+        let r = records
+            .values()
+            .find(|r| r.report.task_arn == task || r.task_id == task)?;
+        r.definition
+            .container_definitions
+            .iter()
+            .any(|c| c.name == container)
+            .then(|| self.shared.cfg.logs_dir().join(&r.task_id).join(container))
+    }
+}
+
+struct Supervised {
+    desired: watch::Sender<DesiredStatus>,
+    join: JoinHandle<()>,
+}
+
+pub struct Reconciler {
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Command>,
+    desired: Option<DesiredState>,
+    supervisors: HashMap<String, Supervised>,
+    shutdown: CancellationToken,
+}
+
+impl Reconciler {
+    pub fn new(
+        cfg: Arc<Config>,
+        cd: Containerd,
+        images: ImageStore,
+        network: Network,
+        store: Store,
+        agent_bin: PathBuf,
+        shutdown: CancellationToken,
+    ) -> Result<(Self, Handle), StoreError> {
+        let desired: Option<DesiredState> = store.desired()?;
+        let records: BTreeMap<String, TaskRecord> = store
+            .tasks::<TaskRecord>()?
+            .into_iter()
+            .map(|r| (r.report.task_arn.clone(), r))
+            .collect();
+        let shared = Arc::new(Shared {
+            cfg,
+            cd,
+            images,
+            network,
+            store,
+            agent_bin,
+            records: Mutex::new(records),
+            netns: Mutex::new(HashMap::new()),
+        });
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let handle = Handle {
+            tx,
+            shared: shared.clone(),
+        };
+        Ok((
+            Self {
+                shared,
+                rx,
+                desired,
+                supervisors: HashMap::new(),
+                shutdown,
+            },
+            handle,
+        ))
+    }
+
+    pub async fn run(mut self) {
+        self.sweep_orphans().await;
+        // Resume every task the store knows: running ones are adopted, unfinished stops
+        // are finished.
+        let arns: Vec<String> = self.shared.lock().keys().cloned().collect();
+        for arn in arns {
+            let status = self.desired_status(&arn);
+            self.supervise(&arn, status);
+        }
+        let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+        loop {
+            tokio::select! {
+                cmd = self.rx.recv() => match cmd {
+                    Some(Command::Apply(doc, reply)) => {
+                        let _ = reply.send(self.apply(doc));
+                    }
+                    None => break,
+                },
+                _ = sweep.tick() => self.prune(),
+                _ = self.shutdown.cancelled() => break,
+            }
+        }
+        info!("reconciler stopping; containers keep running");
+        let joins = self.supervisors.drain().map(|(_, s)| s.join);
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, futures::future::join_all(joins)).await;
+    }
+
+    fn desired_status(&self, arn: &str) -> DesiredStatus {
+        self.desired
+            .as_ref()
+            .and_then(|d| d.task(arn))
+            .map(|t| t.desired_status)
+            .unwrap_or(DesiredStatus::Stopped)
+    }
+
+    fn apply(&mut self, doc: DesiredState) -> Result<u64, ApplyError> {
+        if let Some(cur) = &self.desired {
+            if doc.generation < cur.generation {
+                return Err(ApplyError::Stale {
+                    got: doc.generation,
+                    current: cur.generation,
+                });
+            }
+        }
+        self.shared.store.set_desired(&doc)?;
+        let generation = doc.generation;
+        info!(generation, tasks = doc.tasks.len(), "desired state applied");
+        for t in &doc.tasks {
+            if self.shared.record(&t.task_arn).is_none() {
+                let now = now_secs();
+                let report = TaskReport {
+                    task_arn: t.task_arn.clone(),
+                    task_definition_arn: t.task_definition.task_definition_arn.clone(),
+                    last_status: TaskStatus::Pending,
+                    desired_status: t.desired_status,
+                    stopped_reason: None,
+                    stop_code: None,
+                    health_status: HealthStatus::Unknown,
+                    created_at: Some(now),
+                    started_at: None,
+                    stopping_at: None,
+                    stopped_at: None,
+                    containers: t
+                        .task_definition
+                        .container_definitions
+                        .iter()
+                        .map(|c| ContainerReport {
+                            name: c.name.clone(),
+                            runtime_id: None,
+                            last_status: TaskStatus::Pending,
+                            exit_code: None,
+                            reason: None,
+                            health_status: HealthStatus::Unknown,
+                            network_bindings: Vec::new(),
+                            image: c.image.clone(),
+                        })
+                        .collect(),
+                };
+                self.shared.insert(TaskRecord {
+                    task_id: t.task_id().to_string(),
+                    definition: t.task_definition.clone(),
+                    report,
+                    restarts: BTreeMap::new(),
+                    container_started: BTreeMap::new(),
+                    cleaned: false,
+                })?;
+            }
+        }
+        let old = self.desired.replace(doc);
+        let mut arns: Vec<String> = self.shared.lock().keys().cloned().collect();
+        if let Some(old) = old {
+            arns.extend(old.tasks.into_iter().map(|t| t.task_arn));
+        }
+        arns.sort();
+        arns.dedup();
+        for arn in arns {
+            let status = self.desired_status(&arn);
+            self.shared.update(&arn, |r| {
+                if r.report.last_status != TaskStatus::Stopped {
+                    r.report.desired_status = status;
+                }
+            });
+            match self.supervisors.get(&arn) {
+                Some(s) if !s.join.is_finished() => {
+                    s.desired.send_replace(status);
+                }
+                _ => self.supervise(&arn, status),
+            }
+        }
+        Ok(generation)
+    }
+
+    fn supervise(&mut self, arn: &str, status: DesiredStatus) {
+        let Some(record) = self.shared.record(arn) else { return };
+        if record.report.last_status == TaskStatus::Stopped && record.cleaned {
+            return;
+        }
+        let (tx, rx) = watch::channel(status);
+        let sup = task::Supervisor::new(self.shared.clone(), &record, rx, self.shutdown.clone());
+        let join = tokio::spawn(sup.run());
+        self.supervisors.insert(arn.to_string(), Supervised { desired: tx, join });
+    }
+
+    /// Removes containers and network attachments that no known task owns: left by a
+    /// crash at a bad moment or by a store that was wiped.
+    async fn sweep_orphans(&self) {
+        let known: HashMap<String, bool> = self
+            .shared
+            .lock()
+            .values()
+            .map(|r| (r.report.task_arn.clone(), r.cleaned))
+            .collect();
+        match self.shared.cd.list_containers(LABEL_TASK_ARN).await {
+            Ok(list) => {
+                for c in list {
+                    let owner = c.labels.get(LABEL_TASK_ARN).cloned().unwrap_or_default();
+                    if known.get(&owner) == Some(&false) {
+                        continue;
+                    }
+                    warn!(container = %c.id, task = %owner, "removing orphaned container");
+                    if let Err(e) = self.shared.cd.remove(&c.id).await {
+                        warn!(container = %c.id, "cannot remove orphaned container: {e}");
+                    }
+                }
+            }
+            Err(e) => warn!("cannot list containers to find orphans: {e}"),
+        }
+        let live: Vec<String> = self
+            .shared
+            .lock()
+            .values()
+            .filter(|r| !r.cleaned)
+            .map(|r| r.task_id.clone())
+            .collect();
+        match self.shared.network.attachments() {
+            Ok(ids) => {
+                for id in ids.into_iter().filter(|id| !live.contains(id)) {
+                    warn!(task = %id, "removing orphaned network attachment");
+                    if let Err(e) = self.shared.network.teardown(&id).await {
+                        warn!(task = %id, "cannot remove orphaned network attachment: {e}");
+                    }
+                }
+            }
+            Err(e) => warn!("cannot list network attachments: {e}"),
+        }
+    }
+
+    /// Forgets finished supervisors, and STOPPED tasks that left the desired state longer
+    /// ago than the retention.
+    fn prune(&mut self) {
+        self.supervisors.retain(|_, s| !s.join.is_finished());
+        let retention = self.shared.cfg.stopped_retention_secs as f64;
+        let now = now_secs();
+        let old: Vec<TaskRecord> = self
+            .shared
+            .lock()
+            .values()
+            .filter(|r| {
+                r.cleaned
+                    && self.desired.as_ref().and_then(|d| d.task(&r.report.task_arn)).is_none()
+                    && r.report.stopped_at.is_some_and(|t| now - t > retention)
+            })
+            .cloned()
+            .collect();
+        for r in old {
+            if let Err(e) = self.shared.store.remove_task(&r.report.task_arn) {
+                warn!(task = %r.report.task_arn, "cannot prune task: {e}");
+                continue;
+            }
+            self.shared.lock().remove(&r.report.task_arn);
+            let _ = std::fs::remove_dir_all(self.shared.cfg.logs_dir().join(&r.task_id));
+        }
+    }
+}
