@@ -1,0 +1,332 @@
+//! Crash and restart: the agent killed at random moments, containerd restarted, a host
+//! reboot with the registry gone, and many start/stop cycles leaving nothing behind.
+
+mod harness;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use harness::{arn, container, env, sh_task, task, wait_for, Agent};
+use rand::Rng;
+use serde_json::{json, Value};
+
+/// A containerd of the test's own, so it can be killed without disturbing other tests.
+struct OwnContainerd {
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl OwnContainerd {
+    fn start(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).expect("containerd dir");
+        let config = dir.join("containerd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{d}/c.sock\"\n[ttrpc]\n  address = \"{d}/c.sock.ttrpc\"\n",
+                d = dir.display()
+            ),
+        )
+        .expect("containerd config");
+        let mut c = Self {
+            dir: dir.into(),
+            child: None,
+        };
+        c.restart();
+        c
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("c.sock")
+    }
+
+    fn restart(&mut self) {
+        self.kill();
+        let log = std::fs::File::create(self.dir.join("containerd.log")).expect("log");
+        self.child = Some(
+            Command::new("containerd")
+                .arg("--config")
+                .arg(self.dir.join("containerd.toml"))
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start containerd"),
+        );
+        let sock = self.socket();
+        wait_for("containerd", Duration::from_secs(30), || {
+            Command::new("ctr")
+                .arg("--address")
+                .arg(&sock)
+                .arg("version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnContainerd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn running_ids(a: &Agent) -> Vec<String> {
+    let mut v: Vec<String> = a
+        .ctr(&["tasks", "ls"])
+        .lines()
+        .skip(1)
+        .filter(|l| l.contains("RUNNING"))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Waits until the agent converged on `running` (names of desired-RUNNING tasks) and
+/// checks the recovery invariants: no duplicate or orphaned container, every desired task
+/// RUNNING, every other task STOPPED.
+fn check_converged(a: &Agent, running: &[String], stopped: &[String]) {
+    let mut expected: Vec<String> = running.iter().map(|n| format!("{n}-main")).collect();
+    expected.sort();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let tasks = a.ps();
+        let status = |n: &str| {
+            tasks
+                .iter()
+                .find(|t| t["taskArn"] == arn(n))
+                .map(|t| t["lastStatus"].as_str().unwrap_or("").to_string())
+        };
+        let ok = running.iter().all(|n| status(n).as_deref() == Some("RUNNING"))
+            && stopped.iter().all(|n| matches!(status(n).as_deref(), Some("STOPPED") | None))
+            && a.containers() == expected
+            && running_ids(a) == expected;
+        if ok {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "did not converge: want running {running:?}, stopped {stopped:?}\ncontainers {:?}\nrunning {:?}\n{tasks:#?}\n{}",
+                a.containers(),
+                running_ids(a),
+                a.log_tail()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
+    let mut a = Agent::new(30, "kill9");
+    a.start();
+    let image = format!("{}/busybox:latest", a.registry);
+    let def = |n: &str| {
+        let mut d = sh_task(&image, n, "sleep 600");
+        d["containerDefinitions"][0]["portMappings"] = json!([{"containerPort": 80, "hostPort": 0}]);
+        d
+    };
+    let mut rng = rand::thread_rng();
+    let mut running: Vec<String> = Vec::new();
+    let mut stopped: Vec<String> = Vec::new();
+    let started = Instant::now();
+    let iterations = 30;
+    for i in 0..iterations {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "kill -9 loop exceeded its time bound at iteration {i}"
+        );
+        // Each round adds a task and, past three, stops one: the kill lands during pulls,
+        // creates, starts and stops alike.
+        running.push(format!("k{i}"));
+        if running.len() > 3 {
+            let gone = running.remove(rng.gen_range(0..running.len()));
+            stopped.push(gone);
+        }
+        let tasks: Vec<Value> = running.iter().map(|n| task(n, def(n))).collect();
+        a.apply(tasks).expect("apply");
+        std::thread::sleep(Duration::from_millis(rng.gen_range(0..1500)));
+        a.kill9();
+        a.start();
+        check_converged(&a, &running, &stopped);
+    }
+    let netns: Vec<_> = std::fs::read_dir(a.dir.path().join("netns"))
+        .expect("netns dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut netns_sorted = netns.clone();
+    netns_sorted.sort();
+    let mut want = running.clone();
+    want.sort();
+    assert_eq!(netns_sorted, want, "one network namespace per running task");
+    a.finish();
+}
+
+#[test]
+fn containerd_restart_is_survived_and_exits_are_still_seen() {
+    let e = env();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let mut cd = OwnContainerd::start(&scratch.path().join("containerd"));
+    let mut a = Agent::with(31, "cdrestart", &cd.socket(), "");
+    a.start();
+    let image = format!("{}/busybox:latest", e.registry);
+    let def = sh_task(&image, "watched", "echo up; while [ ! -f /tmp/stop ]; do sleep 0.2; done; exit 5");
+    a.apply(vec![task("watched", def)]).expect("apply");
+    a.wait_status(&arn("watched"), "RUNNING");
+
+    cd.restart();
+    // The container keeps running through the restart (its shim does not depend on
+    // containerd), and the agent must notice when it exits afterwards.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(a.task(&arn("watched")).expect("task")["lastStatus"], "RUNNING");
+    let out = a.ctr(&["tasks", "exec", "--exec-id", "t1", "watched-main", "touch", "/tmp/stop"]);
+    assert!(out.is_empty(), "{out}");
+    let t = a.wait_status(&arn("watched"), "STOPPED");
+    assert_eq!(container(&t, "main")["exitCode"], 5, "{t:#}");
+    a.finish();
+}
+
+/// Copies the test image into a registry of this test's own, so that the test can take
+/// the registry away.
+fn own_registry(dir: &Path, port: u16, images: &Path) -> Child {
+    std::fs::create_dir_all(dir.join("data")).expect("registry dir");
+    let config = dir.join("registry.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.join("data").display()
+        ),
+    )
+    .expect("registry config");
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("docker-registry");
+    wait_for("registry", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let status = Command::new("skopeo")
+        .args(["copy", "-q", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:host", images.join("layout").display()))
+        .arg(format!("docker://127.0.0.1:{port}/busybox:latest"))
+        .status()
+        .expect("skopeo");
+    assert!(status.success());
+    child
+}
+
+#[test]
+fn host_reboot_without_network_brings_desired_tasks_back() {
+    let e = env();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let port = harness::free_port();
+    let mut registry = own_registry(&scratch.path().join("registry"), port, &e.images);
+    let mut cd = OwnContainerd::start(&scratch.path().join("containerd"));
+    let mut a = Agent::with(32, "reboot", &cd.socket(), "");
+    a.start();
+    let image = format!("127.0.0.1:{port}/busybox:latest");
+    let mut web = sh_task(&image, "web", "echo boot; sleep 600");
+    web["containerDefinitions"][0]["portMappings"] = json!([{"containerPort": 80, "hostPort": 0}]);
+    let worker = sh_task(&image, "worker", "echo boot; sleep 600");
+    a.apply(vec![task("web", web), task("worker", worker)]).expect("apply");
+    a.wait_status(&arn("web"), "RUNNING");
+    a.wait_status(&arn("worker"), "RUNNING");
+
+    // The reboot: the agent and every process die, /run is wiped, the registry is gone.
+    a.kill9();
+    for id in a.containers() {
+        a.ctr(&["tasks", "kill", "-s", "SIGKILL", &id]);
+    }
+    wait_for("containers dead", Duration::from_secs(20), || running_ids(&a).is_empty());
+    cd.kill();
+    let _ = registry.kill();
+    let _ = registry.wait();
+    for entry in std::fs::read_dir(a.dir.path().join("netns")).expect("netns").flatten() {
+        let _ = Command::new("umount").arg("-l").arg(entry.path()).status();
+        let _ = std::fs::remove_file(entry.path());
+    }
+    let _ = std::fs::remove_dir_all(cd.dir.join("state"));
+    cd.restart();
+    a.start();
+    check_converged(&a, &["web".to_string(), "worker".to_string()], &[]);
+    assert_eq!(a.logs(&arn("worker"), "main").matches("boot").count(), 2);
+    a.finish();
+}
+
+#[test]
+fn a_hundred_start_stop_cycles_leave_no_ip_veth_or_iptables_rule() {
+    let mut a = Agent::new(33, "cycles");
+    a.start();
+    let image = format!("{}/busybox:latest", a.registry);
+    let subnet = "10.220.33.";
+    let rules = || {
+        let out = Command::new("iptables-save").output().expect("iptables-save");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(subnet))
+            .count()
+    };
+    let veths = || {
+        let out = Command::new("ip")
+            .args(["-o", "link", "show", "master", "skt33"])
+            .output()
+            .expect("ip link");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    let ips = |dir: &Path| -> Vec<String> {
+        walk(dir)
+            .into_iter()
+            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(subnet)))
+            .map(|p| p.display().to_string())
+            .collect()
+    };
+    let started = Instant::now();
+    let mut baseline = None;
+    for i in 0..100 {
+        assert!(started.elapsed() < Duration::from_secs(900), "cycle {i} exceeded the time bound");
+        let name = format!("c{i}");
+        let mut def = sh_task(&image, "cycle", "sleep 600");
+        def["containerDefinitions"][0]["portMappings"] = json!([{"containerPort": 80, "hostPort": 0}]);
+        a.apply(vec![task(&name, def)]).expect("apply");
+        a.wait_status(&arn(&name), "RUNNING");
+        a.apply(vec![]).expect("apply empty");
+        a.wait_status(&arn(&name), "STOPPED");
+        wait_for("containers removed", Duration::from_secs(30), || a.containers().is_empty());
+        if baseline.is_none() {
+            baseline = Some(rules());
+        }
+    }
+    assert_eq!(veths(), 0, "veths left on the bridge");
+    assert_eq!(Some(rules()), baseline, "iptables rules for the subnet changed");
+    assert_eq!(rules(), 0, "iptables rules mention the subnet");
+    assert!(ips(&a.data_dir()).is_empty(), "IP reservations left: {:?}", ips(&a.data_dir()));
+    a.finish();
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
