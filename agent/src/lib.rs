@@ -3,5 +3,7 @@
 //!
 //! # Layout
 //! - `runtime`: the containerd connection, scoped to the agent's namespace.
+//! - `spec`: the OCI runtime spec for one container of a task definition.
 
 pub mod runtime;
+pub mod spec;
