@@ -5,11 +5,19 @@
 //! - `config`: the agent's TOML configuration, validated before anything starts.
 //! - `store`: the crash-safe state (desired document, task records) in redb.
 //! - `runtime`: the containerd connection and container/process calls.
+//! - `spec`: the OCI runtime spec for one container of a task definition.
+//! - `network`: network namespaces and the CNI plugin chain (bridge, portmap, loopback).
+//! - `logs`: the shim's log driver (rotated files) and reading them back.
+//! - `init`: the PID 1 for `initProcessEnabled` containers (this same binary).
 //! - `reconcile`: converges containerd to the desired state; one supervisor per task.
 //! - `control`: the root-only unix socket behind `apply`, `ps` and `logs`.
 
 pub mod config;
 pub mod control;
+pub mod init;
+pub mod logs;
+pub mod network;
 pub mod reconcile;
 pub mod runtime;
+pub mod spec;
 pub mod store;

@@ -1,0 +1,787 @@
+//! The OCI runtime spec for one container of a task, with Docker's and ECS's semantics on
+//! top of containerd's defaults. Pure: everything comes in through [`SpecInput`]; the only
+//! I/O is a `stat` of each device's host path to learn its type and numbers.
+
+use std::collections::{BTreeSet, HashMap};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use oci_spec::image::ImageConfiguration;
+use oci_spec::runtime::{
+    Capabilities, Capability, LinuxBuilder, LinuxCapabilities, LinuxCpu, LinuxDevice,
+    LinuxDeviceCgroup, LinuxDeviceType, LinuxMemory, LinuxNamespace, LinuxNamespaceType,
+    LinuxResources, Mount, PosixRlimit, PosixRlimitBuilder, PosixRlimitType, Process, Root, Spec,
+    User,
+};
+use skerry_proto::taskdef::{
+    capability_name, ContainerDefinition, NetworkMode, TaskDefinition, CAPABILITIES,
+};
+
+/// Where the init binary is bind-mounted in the container.
+pub const INIT_PATH: &str = "/.skerry/init";
+
+/// PATH when the image sets none, as containerd uses.
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// containerd's default capability set.
+const DEFAULT_CAPS: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "MKNOD",
+    "NET_RAW",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "KILL",
+    "AUDIT_WRITE",
+];
+
+/// containerd's default masked paths.
+const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+    "/proc/scsi",
+];
+
+/// containerd's default read-only paths.
+const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error(
+        "container {container}: initProcessEnabled is set but the agent has no init binary to \
+         mount; install it or disable initProcessEnabled"
+    )]
+    InitMissing { container: String },
+    #[error(
+        "container {container}: nothing to run: neither the task definition nor the image \
+         gives an entryPoint or command"
+    )]
+    NoCommand { container: String },
+    #[error("container {container}: user {user:?} is not in the image's /etc/passwd")]
+    UnknownUser { container: String, user: String },
+    #[error("container {container}: group {group:?} is not in the image's /etc/group")]
+    UnknownGroup { container: String, group: String },
+    #[error("container {container}: device {path}: {source}")]
+    Device {
+        container: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("container {container}: {path} is not a character or block device")]
+    NotADevice { container: String, path: PathBuf },
+    #[error(
+        "container {container}: volume {volume:?} has no host directory; the agent must \
+         resolve every volume the container mounts"
+    )]
+    VolumeNotResolved { container: String, volume: String },
+    #[error("container {container}: {what} {name:?} is not known to the OCI spec")]
+    Unknown {
+        container: String,
+        what: &'static str,
+        name: String,
+    },
+    #[error("container {container}: cannot build the OCI spec: {source}")]
+    Build {
+        container: String,
+        #[source]
+        source: oci_spec::OciSpecError,
+    },
+}
+
+/// The network namespace a container joins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetNs {
+    /// The device's own network (networkMode host).
+    Host,
+    /// A namespace the agent prepared (bridge: with the CNI interface; none: loopback only).
+    Path(PathBuf),
+}
+
+/// Everything [`build`] needs.
+#[derive(Debug, Clone)]
+pub struct SpecInput<'a> {
+    pub task: &'a TaskDefinition,
+    pub container: &'a ContainerDefinition,
+    pub image: &'a ImageConfiguration,
+    pub netns: NetNs,
+    pub cgroups_path: String,
+    /// Volume name -> host directory, for every volume the container mounts (task-scoped
+    /// volumes resolved by the caller to their per-task directory).
+    pub volumes: &'a HashMap<String, PathBuf>,
+    /// A directory holding `hosts`, `resolv.conf` and `hostname` (see [`etc_files`]),
+    /// bind-mounted over the container's `/etc/...`.
+    pub etc_dir: Option<PathBuf>,
+    /// The image's `/etc/passwd` and `/etc/group`, to resolve user and group names.
+    pub passwd: Option<&'a str>,
+    pub group: Option<&'a str>,
+    /// A static init binary, mounted read-only at [`INIT_PATH`] for `initProcessEnabled`.
+    pub init: Option<PathBuf>,
+}
+
+/// Contents for the container's `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcFiles {
+    pub hosts: String,
+    pub resolv_conf: String,
+    pub hostname: String,
+}
+
+/// The hostname a container gets: its `hostname`, else its name; none in host network
+/// mode, where it keeps the device's.
+pub fn hostname(task: &TaskDefinition, container: &ContainerDefinition) -> Option<String> {
+    if task.network_mode() == NetworkMode::Host {
+        return None;
+    }
+    Some(
+        container
+            .hostname
+            .clone()
+            .unwrap_or_else(|| container.name.clone()),
+    )
+}
+
+/// Builds the `/etc` files for a container. The hostname maps to 127.0.1.1: the container's
+/// address is not known when the files are written. resolv.conf takes `dnsServers` /
+/// `dnsSearchDomains`, else the host's; loopback nameservers are dropped (they would point
+/// into the container itself) and, if none remain, Docker's public defaults are used. In host
+/// network mode the host's resolv.conf is kept as is.
+pub fn etc_files(
+    task: &TaskDefinition,
+    container: &ContainerDefinition,
+    host_resolv_conf: &str,
+) -> EtcFiles {
+    let host_mode = task.network_mode() == NetworkMode::Host;
+    let name = hostname(task, container);
+    let mut hosts = String::from(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
+         ff02::2\tip6-allrouters\n",
+    );
+    for e in container.extra_hosts.iter().flatten() {
+        hosts.push_str(&format!("{}\t{}\n", e.ip_address, e.hostname));
+    }
+    if let Some(n) = &name {
+        hosts.push_str(&format!("127.0.1.1\t{n}\n"));
+    }
+
+    let resolv_conf = if host_mode {
+        host_resolv_conf.to_string()
+    } else {
+        resolv_conf(container, host_resolv_conf)
+    };
+    EtcFiles {
+        hosts,
+        resolv_conf,
+        hostname: name.map(|n| format!("{n}\n")).unwrap_or_default(),
+    }
+}
+
+fn resolv_conf(container: &ContainerDefinition, host: &str) -> String {
+    let mut nameservers = Vec::new();
+    let mut search: Vec<String> = Vec::new();
+    let mut options = Vec::new();
+    for line in host.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("nameserver") => {
+                if let Some(ns) = words.next() {
+                    let loopback = ns
+                        .parse::<std::net::IpAddr>()
+                        .map(|ip| ip.is_loopback())
+                        .unwrap_or(false);
+                    if !loopback {
+                        nameservers.push(ns.to_string());
+                    }
+                }
+            }
+            Some("search") | Some("domain") => {
+                search = words.map(str::to_string).collect();
+            }
+            Some("options") => options.extend(words.map(str::to_string)),
+            _ => {}
+        }
+    }
+    if let Some(servers) = container.dns_servers.as_ref().filter(|s| !s.is_empty()) {
+        nameservers = servers.clone();
+    }
+    if nameservers.is_empty() {
+        nameservers = vec!["8.8.8.8".into(), "8.8.4.4".into()];
+    }
+    if let Some(domains) = container
+        .dns_search_domains
+        .as_ref()
+        .filter(|d| !d.is_empty())
+    {
+        search = domains.clone();
+    }
+    let mut out = String::new();
+    for ns in &nameservers {
+        out.push_str(&format!("nameserver {ns}\n"));
+    }
+    if !search.is_empty() {
+        out.push_str(&format!("search {}\n", search.join(" ")));
+    }
+    if !options.is_empty() {
+        out.push_str(&format!("options {}\n", options.join(" ")));
+    }
+    out
+}
+
+fn mount(dest: &str, typ: &str, source: impl Into<PathBuf>, options: &[&str]) -> Mount {
+    let mut m = Mount::default();
+    m.set_destination(PathBuf::from(dest));
+    m.set_typ(Some(typ.to_string()));
+    m.set_source(Some(source.into()));
+    m.set_options(Some(options.iter().map(|s| s.to_string()).collect()));
+    m
+}
+
+fn bind(dest: &str, source: &Path, read_only: bool) -> Mount {
+    let mode = if read_only { "ro" } else { "rw" };
+    mount(dest, "bind", source, &["rbind", "rprivate", mode])
+}
+
+/// containerd's default mounts, plus the cgroup filesystem read-only.
+fn default_mounts(privileged: bool) -> Vec<Mount> {
+    let sys_mode = if privileged { "rw" } else { "ro" };
+    vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        ),
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        ),
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        ),
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", sys_mode],
+        ),
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", sys_mode],
+        ),
+    ]
+}
+
+fn to_cap(container: &str, name: &str) -> Result<Capability, SpecError> {
+    Capability::from_str(name).map_err(|_| SpecError::Unknown {
+        container: container.to_string(),
+        what: "capability",
+        name: name.to_string(),
+    })
+}
+
+/// Docker's rules: privileged gets everything; `add: [ALL]` starts from everything minus the
+/// drops; `drop: [ALL]` starts from nothing plus the adds; else defaults - drops + adds.
+fn capability_set(cd: &ContainerDefinition) -> Result<Capabilities, SpecError> {
+    let canon = |list: &Option<Vec<String>>| -> BTreeSet<&'static str> {
+        list.iter()
+            .flatten()
+            .filter_map(|c| capability_name(c))
+            .collect()
+    };
+    let caps = cd
+        .linux_parameters
+        .as_ref()
+        .and_then(|l| l.capabilities.as_ref());
+    let add = caps.map(|c| canon(&c.add)).unwrap_or_default();
+    let drop = caps.map(|c| canon(&c.drop)).unwrap_or_default();
+    let all: BTreeSet<&str> = CAPABILITIES.iter().copied().collect();
+    let names: BTreeSet<&str> = if cd.is_privileged() {
+        all
+    } else if add.contains("ALL") {
+        all.difference(&drop).copied().collect()
+    } else if drop.contains("ALL") {
+        add
+    } else {
+        DEFAULT_CAPS
+            .iter()
+            .copied()
+            .filter(|c| !drop.contains(c))
+            .chain(add.iter().copied())
+            .collect()
+    };
+    names
+        .into_iter()
+        .filter(|n| *n != "ALL")
+        .map(|n| to_cap(&cd.name, n))
+        .collect()
+}
+
+/// Entry point and command with Docker's rules: the task's entryPoint replaces the image's
+/// and drops the image's Cmd; the task's command replaces Cmd.
+fn process_args(input: &SpecInput) -> Result<Vec<String>, SpecError> {
+    let cd = input.container;
+    let config = input.image.config().as_ref();
+    let image_entry = config
+        .and_then(|c| c.entrypoint().clone())
+        .unwrap_or_default();
+    let image_cmd = config.and_then(|c| c.cmd().clone()).unwrap_or_default();
+    let (entry, cmd) = match (&cd.entry_point, &cd.command) {
+        (Some(e), Some(c)) => (e.clone(), c.clone()),
+        (Some(e), None) => (e.clone(), Vec::new()),
+        (None, Some(c)) => (image_entry, c.clone()),
+        (None, None) => (image_entry, image_cmd),
+    };
+    let mut args: Vec<String> = entry.into_iter().chain(cmd).collect();
+    if args.is_empty() {
+        return Err(SpecError::NoCommand {
+            container: cd.name.clone(),
+        });
+    }
+    if cd.init_process_enabled() {
+        if input.init.is_none() {
+            return Err(SpecError::InitMissing {
+                container: cd.name.clone(),
+            });
+        }
+        let mut wrapped = vec![INIT_PATH.to_string(), "--".to_string()];
+        wrapped.append(&mut args);
+        args = wrapped;
+    }
+    Ok(args)
+}
+
+/// Image env overlaid by the task's `environment`, by name, keeping the image's order.
+fn process_env(input: &SpecInput) -> Vec<String> {
+    let image_env = input
+        .image
+        .config()
+        .as_ref()
+        .and_then(|c| c.env().clone())
+        .unwrap_or_default();
+    let mut env: Vec<(String, String)> = image_env
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (kv.clone(), String::new()),
+        })
+        .collect();
+    for (k, v) in input.container.env() {
+        match env.iter_mut().find(|(name, _)| name == k) {
+            Some(slot) => slot.1 = v.to_string(),
+            None => env.push((k.to_string(), v.to_string())),
+        }
+    }
+    let mut out: Vec<String> = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if !out.iter().any(|kv| kv.starts_with("PATH=")) {
+        out.insert(0, DEFAULT_PATH.to_string());
+    }
+    out
+}
+
+struct PasswdEntry<'a> {
+    name: &'a str,
+    uid: u32,
+    gid: u32,
+}
+
+fn passwd_entries(passwd: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
+    passwd.lines().filter_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() < 4 || line.starts_with('#') {
+            return None;
+        }
+        Some(PasswdEntry {
+            name: f[0],
+            uid: f[2].parse().ok()?,
+            gid: f[3].parse().ok()?,
+        })
+    })
+}
+
+/// (name, gid, members) of each group line.
+fn group_entries(group: &str) -> impl Iterator<Item = (&str, u32, Vec<&str>)> {
+    group.lines().filter_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() < 3 || line.starts_with('#') {
+            return None;
+        }
+        let members = f
+            .get(3)
+            .map(|m| m.split(',').filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default();
+        Some((f[0], f[2].parse().ok()?, members))
+    })
+}
+
+/// Resolves "uid", "uid:gid", "name", "name:group" (task definition first, else the image's
+/// User) as Docker does: a numeric uid missing from passwd gets gid 0; supplementary groups
+/// are those of /etc/group that list the user.
+fn process_user(input: &SpecInput) -> Result<User, SpecError> {
+    let cd = input.container;
+    let spec = cd
+        .user
+        .clone()
+        .or_else(|| input.image.config().as_ref().and_then(|c| c.user().clone()))
+        .filter(|u| !u.is_empty());
+    let mut user = User::default();
+    let Some(spec) = spec else {
+        return Ok(user);
+    };
+    let (u, g) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec.as_str(), None),
+    };
+    let passwd = input.passwd.unwrap_or("");
+    let group = input.group.unwrap_or("");
+    let (uid, mut gid, name) = match u.parse::<u32>() {
+        Ok(uid) => match passwd_entries(passwd).find(|e| e.uid == uid) {
+            Some(e) => (uid, e.gid, Some(e.name)),
+            None => (uid, 0, None),
+        },
+        Err(_) => match passwd_entries(passwd).find(|e| e.name == u) {
+            Some(e) => (e.uid, e.gid, Some(e.name)),
+            None => {
+                return Err(SpecError::UnknownUser {
+                    container: cd.name.clone(),
+                    user: u.to_string(),
+                })
+            }
+        },
+    };
+    if let Some(g) = g {
+        gid = match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => match group_entries(group).find(|(n, _, _)| *n == g) {
+                Some((_, gid, _)) => gid,
+                None => {
+                    return Err(SpecError::UnknownGroup {
+                        container: cd.name.clone(),
+                        group: g.to_string(),
+                    })
+                }
+            },
+        };
+    }
+    user.set_uid(uid);
+    user.set_gid(gid);
+    if let Some(name) = name {
+        let extra: Vec<u32> = group_entries(group)
+            .filter(|(_, g, members)| *g != gid && members.contains(&name))
+            .map(|(_, g, _)| g)
+            .collect();
+        if !extra.is_empty() {
+            user.set_additional_gids(Some(extra));
+        }
+    }
+    Ok(user)
+}
+
+fn rlimits(cd: &ContainerDefinition) -> Result<Vec<PosixRlimit>, SpecError> {
+    let mut limits: Vec<(PosixRlimitType, u64, u64)> =
+        vec![(PosixRlimitType::RlimitNofile, 1024, 1024)];
+    for u in cd.ulimits.iter().flatten() {
+        let name = format!("RLIMIT_{}", u.name.to_ascii_uppercase());
+        let typ = PosixRlimitType::from_str(&name).map_err(|_| SpecError::Unknown {
+            container: cd.name.clone(),
+            what: "ulimit",
+            name: u.name.clone(),
+        })?;
+        limits.retain(|(t, _, _)| *t != typ);
+        limits.push((typ, u.soft_limit, u.hard_limit));
+    }
+    limits
+        .into_iter()
+        .map(|(typ, soft, hard)| {
+            PosixRlimitBuilder::default()
+                .typ(typ)
+                .soft(soft)
+                .hard(hard)
+                .build()
+                .map_err(|source| SpecError::Build {
+                    container: cd.name.clone(),
+                    source,
+                })
+        })
+        .collect()
+}
+
+fn devices(
+    cd: &ContainerDefinition,
+) -> Result<(Vec<LinuxDevice>, Vec<LinuxDeviceCgroup>), SpecError> {
+    let mut nodes = Vec::new();
+    let mut rules = Vec::new();
+    for d in cd
+        .linux_parameters
+        .as_ref()
+        .and_then(|l| l.devices.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let host = PathBuf::from(&d.host_path);
+        let meta = std::fs::metadata(&host).map_err(|source| SpecError::Device {
+            container: cd.name.clone(),
+            path: host.clone(),
+            source,
+        })?;
+        let typ = if meta.file_type().is_char_device() {
+            LinuxDeviceType::C
+        } else if meta.file_type().is_block_device() {
+            LinuxDeviceType::B
+        } else {
+            return Err(SpecError::NotADevice {
+                container: cd.name.clone(),
+                path: host,
+            });
+        };
+        let major = i64::from(rustix::fs::major(meta.rdev()));
+        let minor = i64::from(rustix::fs::minor(meta.rdev()));
+        let mut node = LinuxDevice::default();
+        node.set_path(PathBuf::from(d.container_path()));
+        node.set_typ(typ);
+        node.set_major(major);
+        node.set_minor(minor);
+        node.set_file_mode(Some(meta.mode() & 0o7777));
+        node.set_uid(Some(0));
+        node.set_gid(Some(0));
+        nodes.push(node);
+        let mut rule = LinuxDeviceCgroup::default();
+        rule.set_allow(true);
+        rule.set_typ(Some(typ));
+        rule.set_major(Some(major));
+        rule.set_minor(Some(minor));
+        rule.set_access(Some(d.access()));
+        rules.push(rule);
+    }
+    Ok((nodes, rules))
+}
+
+fn resources(cd: &ContainerDefinition, device_rules: Vec<LinuxDeviceCgroup>) -> LinuxResources {
+    let mut rules = Vec::new();
+    let mut base = LinuxDeviceCgroup::default();
+    base.set_access(Some("rwm".to_string()));
+    if cd.is_privileged() {
+        base.set_allow(true);
+        rules.push(base);
+    } else {
+        // Deny all; runc adds its own allow-list of standard devices after these rules.
+        base.set_allow(false);
+        rules.push(base);
+        rules.extend(device_rules);
+    }
+    let mut r = LinuxResources::default();
+    r.set_devices(Some(rules));
+    if cd.memory.is_some() || cd.memory_reservation.is_some() {
+        let mib = |m: u64| i64::try_from(m.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX);
+        let mut mem = LinuxMemory::default();
+        mem.set_limit(cd.memory.map(mib));
+        mem.set_reservation(cd.memory_reservation.map(mib));
+        r.set_memory(Some(mem));
+    }
+    if let Some(units) = cd.cpu.filter(|u| *u > 0) {
+        let mut cpu = LinuxCpu::default();
+        cpu.set_shares(Some(u64::from(units.max(2))));
+        r.set_cpu(Some(cpu));
+    }
+    r
+}
+
+fn namespaces(input: &SpecInput) -> Vec<LinuxNamespace> {
+    let ns = |typ: LinuxNamespaceType, path: Option<PathBuf>| {
+        let mut n = LinuxNamespace::default();
+        n.set_typ(typ);
+        n.set_path(path);
+        n
+    };
+    let mut out = vec![
+        ns(LinuxNamespaceType::Pid, None),
+        ns(LinuxNamespaceType::Ipc, None),
+        ns(LinuxNamespaceType::Uts, None),
+        ns(LinuxNamespaceType::Mount, None),
+    ];
+    if input.container.is_networking_disabled() {
+        // A fresh namespace holds only a loopback interface, which is down.
+        out.push(ns(LinuxNamespaceType::Network, None));
+    } else if let NetNs::Path(p) = &input.netns {
+        out.push(ns(LinuxNamespaceType::Network, Some(p.clone())));
+    }
+    out
+}
+
+fn mounts(input: &SpecInput) -> Result<Vec<Mount>, SpecError> {
+    let cd = input.container;
+    let lp = cd.linux_parameters.as_ref();
+    let mut out = default_mounts(cd.is_privileged());
+    if let Some(shm) = lp.and_then(|l| l.shared_memory_size) {
+        let size = format!("size={shm}m");
+        if let Some(m) = out
+            .iter_mut()
+            .find(|m| m.destination() == Path::new("/dev/shm"))
+        {
+            m.set_options(Some(
+                ["nosuid", "noexec", "nodev", "mode=1777", size.as_str()]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+            ));
+        }
+    }
+    if let Some(dir) = &input.etc_dir {
+        let host_mode = input.task.network_mode() == NetworkMode::Host;
+        out.push(bind("/etc/hosts", &dir.join("hosts"), false));
+        out.push(bind("/etc/resolv.conf", &dir.join("resolv.conf"), false));
+        if !host_mode {
+            out.push(bind("/etc/hostname", &dir.join("hostname"), false));
+        }
+    }
+    for t in lp.and_then(|l| l.tmpfs.as_ref()).into_iter().flatten() {
+        let mut options: Vec<String> = match &t.mount_options {
+            Some(o) if !o.is_empty() => o.clone(),
+            _ => vec!["nosuid".into(), "nodev".into(), "noexec".into()],
+        };
+        options.push(format!("size={}m", t.size));
+        let mut m = mount(&t.container_path, "tmpfs", "tmpfs", &[]);
+        m.set_options(Some(options));
+        out.push(m);
+    }
+    for mp in cd.mount_points.iter().flatten() {
+        let Some(host) = input.volumes.get(&mp.source_volume) else {
+            return Err(SpecError::VolumeNotResolved {
+                container: cd.name.clone(),
+                volume: mp.source_volume.clone(),
+            });
+        };
+        out.push(bind(
+            &mp.container_path,
+            host,
+            mp.read_only.unwrap_or(false),
+        ));
+    }
+    if cd.init_process_enabled() {
+        if let Some(init) = &input.init {
+            out.push(bind(INIT_PATH, init, true));
+        }
+    }
+    Ok(out)
+}
+
+/// Builds the runtime spec for `input.container`.
+pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
+    let cd = input.container;
+    let build_err = |source| SpecError::Build {
+        container: cd.name.clone(),
+        source,
+    };
+
+    let caps = capability_set(cd)?;
+    let mut capabilities = LinuxCapabilities::default();
+    capabilities.set_bounding(Some(caps.clone()));
+    capabilities.set_effective(Some(caps.clone()));
+    capabilities.set_permitted(Some(caps));
+    capabilities.set_inheritable(None);
+    capabilities.set_ambient(None);
+
+    let cwd = cd
+        .working_directory
+        .clone()
+        .or_else(|| {
+            input
+                .image
+                .config()
+                .as_ref()
+                .and_then(|c| c.working_dir().clone())
+        })
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "/".to_string());
+
+    let mut process = Process::default();
+    process.set_terminal(Some(false));
+    process.set_console_size(None);
+    process.set_user(process_user(input)?);
+    process.set_args(Some(process_args(input)?));
+    process.set_env(Some(process_env(input)));
+    process.set_cwd(PathBuf::from(cwd));
+    process.set_capabilities(Some(capabilities));
+    process.set_rlimits(Some(rlimits(cd)?));
+    process.set_no_new_privileges(Some(false));
+    process.set_apparmor_profile(None);
+    process.set_oom_score_adj(None);
+    process.set_selinux_label(None);
+
+    let mut root = Root::default();
+    root.set_path(PathBuf::from("rootfs"));
+    root.set_readonly(Some(cd.is_readonly_root()));
+
+    let (device_nodes, device_rules) = devices(cd)?;
+    let privileged = cd.is_privileged();
+    let linux = LinuxBuilder::default()
+        .cgroups_path(PathBuf::from(&input.cgroups_path))
+        .resources(resources(cd, device_rules))
+        .namespaces(namespaces(input))
+        .devices(device_nodes)
+        .masked_paths(if privileged {
+            Vec::new()
+        } else {
+            MASKED_PATHS.iter().map(|s| s.to_string()).collect()
+        })
+        .readonly_paths(if privileged {
+            Vec::new()
+        } else {
+            READONLY_PATHS.iter().map(|s| s.to_string()).collect()
+        })
+        .build()
+        .map_err(build_err)?;
+
+    let mut spec = Spec::default();
+    spec.set_version("1.0.2-dev".to_string());
+    spec.set_root(Some(root));
+    spec.set_mounts(Some(mounts(input)?));
+    spec.set_process(Some(process));
+    spec.set_hostname(hostname(input.task, cd));
+    spec.set_hooks(None);
+    spec.set_annotations(None);
+    spec.set_linux(Some(linux));
+    Ok(spec)
+}
