@@ -3,5 +3,7 @@
 //!
 //! # Layout
 //! - `runtime`: the containerd connection, scoped to the agent's namespace.
+//! - `network`: task network namespaces (host, none, bridge) wired with the CNI plugins.
 
+pub mod network;
 pub mod runtime;
