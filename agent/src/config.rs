@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::image::Platform;
+
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/skerry";
 pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 pub const DEFAULT_NAMESPACE: &str = "skerry";
@@ -115,7 +117,7 @@ pub struct Config {
     pub netns_dir: PathBuf,
     pub insecure_registries: Vec<String>,
     pub auths: BTreeMap<String, (String, String)>,
-    pub platform: Option<String>,
+    pub platform: Option<Platform>,
     pub log_max_bytes: u64,
     pub log_max_files: u32,
 }
@@ -196,14 +198,15 @@ impl Config {
                 format!("{log_max_files} is not in 1..=100"),
             ));
         }
-        if let Some(p) = &raw.images.platform {
-            if !p.starts_with("linux/") {
-                return Err(invalid(
+        let platform = match &raw.images.platform {
+            None => None,
+            Some(p) => Some(p.parse::<Platform>().map_err(|e| {
+                invalid(
                     "images.platform",
-                    format!("{p:?} must look like \"linux/arm64\""),
-                ));
-            }
-        }
+                    format!("{p:?}: {e}; write it like \"linux/arm64\" or \"linux/arm/v7\""),
+                )
+            })?),
+        };
         Ok(Config {
             control_socket: raw
                 .control_socket
@@ -235,7 +238,7 @@ impl Config {
                 .into_iter()
                 .map(|(k, v)| (k, (v.username, v.password)))
                 .collect(),
-            platform: raw.images.platform,
+            platform,
             log_max_bytes,
             log_max_files,
             data_dir,

@@ -27,7 +27,9 @@ const IO_TIMEOUT: Duration = Duration::from_secs(30);
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Request {
     /// The document is kept as raw JSON so that the daemon validates it, once.
-    Apply { document: String },
+    Apply {
+        document: String,
+    },
     Ps,
     Logs {
         task: String,
@@ -101,7 +103,9 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => break,
         };
-        let Ok(permit) = slots.clone().acquire_owned().await else { break };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
         let handle = handle.clone();
         tokio::spawn(async move {
             if let Err(e) = serve_one(stream, &handle).await {

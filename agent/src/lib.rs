@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod control;
+pub mod image;
 pub mod init;
 pub mod logs;
 pub mod network;

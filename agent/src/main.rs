@@ -21,7 +21,11 @@ const EXIT_CONFIG: u8 = 64;
 const DEFAULT_CONFIG: &str = "/etc/skerry/agent.toml";
 
 #[derive(Parser)]
-#[command(name = "skerry-agent", version, about = "Runs Amazon ECS task definitions on containerd")]
+#[command(
+    name = "skerry-agent",
+    version,
+    about = "Runs Amazon ECS task definitions on containerd"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -76,7 +80,10 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let config_path = match &cli.cmd {
-        Cmd::Run { config } | Cmd::Apply { config, .. } | Cmd::Ps { config, .. } | Cmd::Logs { config, .. } => config.clone(),
+        Cmd::Run { config }
+        | Cmd::Apply { config, .. }
+        | Cmd::Ps { config, .. }
+        | Cmd::Logs { config, .. } => config.clone(),
     };
     let cfg = match Config::load(&config_path) {
         Ok(c) => c,
@@ -101,9 +108,13 @@ fn main() -> ExitCode {
             Cmd::Run { .. } => run(cfg).await,
             Cmd::Apply { document, .. } => apply(&cfg, &document).await,
             Cmd::Ps { json, .. } => ps(&cfg, json).await,
-            Cmd::Logs { task, container, tail, timestamps, .. } => {
-                logs(&cfg, task, container, tail, timestamps).await
-            }
+            Cmd::Logs {
+                task,
+                container,
+                tail,
+                timestamps,
+                ..
+            } => logs(&cfg, task, container, tail, timestamps).await,
         }
     });
     match result {
@@ -118,7 +129,9 @@ fn main() -> ExitCode {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SKERRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Human => builder.init(),
@@ -143,11 +156,19 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             auths: cfg
                 .auths
                 .iter()
-                .map(|(k, (u, p))| (k.clone(), skerry_agent::image::Credentials { username: u.clone(), password: p.clone() }))
+                .map(|(k, (u, p))| {
+                    (
+                        k.clone(),
+                        skerry_agent::image::Credentials {
+                            username: u.clone(),
+                            password: p.clone(),
+                        },
+                    )
+                })
                 .collect(),
             platform: cfg.platform.clone(),
         },
-    );
+    )?;
     let network = Network::new(NetworkConfig {
         cni_bin_dirs: cfg.cni_bin_dirs.clone(),
         state_dir: cfg.network_state_dir(),
@@ -221,9 +242,17 @@ async fn ps(cfg: &Config, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&tasks)?);
         return Ok(());
     }
-    println!("{:<40} {:<10} {:<10} {:<12} {:<8} {:<22} REASON", "TASK / CONTAINER", "STATUS", "DESIRED", "HEALTH", "EXIT", "PORTS");
+    println!(
+        "{:<40} {:<10} {:<10} {:<12} {:<8} {:<22} REASON",
+        "TASK / CONTAINER", "STATUS", "DESIRED", "HEALTH", "EXIT", "PORTS"
+    );
     for t in tasks {
-        let id = t.task_arn.rsplit('/').next().unwrap_or(&t.task_arn).to_string();
+        let id = t
+            .task_arn
+            .rsplit('/')
+            .next()
+            .unwrap_or(&t.task_arn)
+            .to_string();
         println!(
             "{:<40} {:<10} {:<10} {:<12} {:<8} {:<22} {}",
             id,
@@ -264,7 +293,12 @@ async fn logs(
 ) -> anyhow::Result<()> {
     let (resp, text) = control::call(
         &cfg.control_socket,
-        &Request::Logs { task, container, tail, timestamps },
+        &Request::Logs {
+            task,
+            container,
+            tail,
+            timestamps,
+        },
     )
     .await?;
     if !resp.ok {

@@ -105,8 +105,12 @@ fn check_converged(a: &Agent, running: &[String], stopped: &[String]) {
                 .find(|t| t["taskArn"] == arn(n))
                 .map(|t| t["lastStatus"].as_str().unwrap_or("").to_string())
         };
-        let ok = running.iter().all(|n| status(n).as_deref() == Some("RUNNING"))
-            && stopped.iter().all(|n| matches!(status(n).as_deref(), Some("STOPPED") | None))
+        let ok = running
+            .iter()
+            .all(|n| status(n).as_deref() == Some("RUNNING"))
+            && stopped
+                .iter()
+                .all(|n| matches!(status(n).as_deref(), Some("STOPPED") | None))
             && a.containers() == expected
             && running_ids(a) == expected;
         if ok {
@@ -131,7 +135,8 @@ fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
     let image = format!("{}/busybox:latest", a.registry);
     let def = |n: &str| {
         let mut d = sh_task(&image, n, "sleep 600");
-        d["containerDefinitions"][0]["portMappings"] = json!([{"containerPort": 80, "hostPort": 0}]);
+        d["containerDefinitions"][0]["portMappings"] =
+            json!([{"containerPort": 80, "hostPort": 0}]);
         d
     };
     let mut rng = rand::thread_rng();
@@ -179,7 +184,11 @@ fn containerd_restart_is_survived_and_exits_are_still_seen() {
     let mut a = Agent::with(31, "cdrestart", &cd.socket(), "");
     a.start();
     let image = format!("{}/busybox:latest", e.registry);
-    let def = sh_task(&image, "watched", "echo up; while [ ! -f /tmp/stop ]; do sleep 0.2; done; exit 5");
+    let def = sh_task(
+        &image,
+        "watched",
+        "echo up; while [ ! -f /tmp/stop ]; do sleep 0.2; done; exit 5",
+    );
     a.apply(vec![task("watched", def)]).expect("apply");
     a.wait_status(&arn("watched"), "RUNNING");
 
@@ -187,8 +196,19 @@ fn containerd_restart_is_survived_and_exits_are_still_seen() {
     // The container keeps running through the restart (its shim does not depend on
     // containerd), and the agent must notice when it exits afterwards.
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(a.task(&arn("watched")).expect("task")["lastStatus"], "RUNNING");
-    let out = a.ctr(&["tasks", "exec", "--exec-id", "t1", "watched-main", "touch", "/tmp/stop"]);
+    assert_eq!(
+        a.task(&arn("watched")).expect("task")["lastStatus"],
+        "RUNNING"
+    );
+    let out = a.ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "t1",
+        "watched-main",
+        "touch",
+        "/tmp/stop",
+    ]);
     assert!(out.is_empty(), "{out}");
     let t = a.wait_status(&arn("watched"), "STOPPED");
     assert_eq!(container(&t, "main")["exitCode"], 5, "{t:#}");
@@ -241,7 +261,8 @@ fn host_reboot_without_network_brings_desired_tasks_back() {
     let mut web = sh_task(&image, "web", "echo boot; sleep 600");
     web["containerDefinitions"][0]["portMappings"] = json!([{"containerPort": 80, "hostPort": 0}]);
     let worker = sh_task(&image, "worker", "echo boot; sleep 600");
-    a.apply(vec![task("web", web), task("worker", worker)]).expect("apply");
+    a.apply(vec![task("web", web), task("worker", worker)])
+        .expect("apply");
     a.wait_status(&arn("web"), "RUNNING");
     a.wait_status(&arn("worker"), "RUNNING");
 
@@ -250,11 +271,16 @@ fn host_reboot_without_network_brings_desired_tasks_back() {
     for id in a.containers() {
         a.ctr(&["tasks", "kill", "-s", "SIGKILL", &id]);
     }
-    wait_for("containers dead", Duration::from_secs(20), || running_ids(&a).is_empty());
+    wait_for("containers dead", Duration::from_secs(20), || {
+        running_ids(&a).is_empty()
+    });
     cd.kill();
     let _ = registry.kill();
     let _ = registry.wait();
-    for entry in std::fs::read_dir(a.dir.path().join("netns")).expect("netns").flatten() {
+    for entry in std::fs::read_dir(a.dir.path().join("netns"))
+        .expect("netns")
+        .flatten()
+    {
         let _ = Command::new("umount").arg("-l").arg(entry.path()).status();
         let _ = std::fs::remove_file(entry.path());
     }
@@ -273,7 +299,9 @@ fn a_hundred_start_stop_cycles_leave_no_ip_veth_or_iptables_rule() {
     let image = format!("{}/busybox:latest", a.registry);
     let subnet = "10.220.33.";
     let rules = || {
-        let out = Command::new("iptables-save").output().expect("iptables-save");
+        let out = Command::new("iptables-save")
+            .output()
+            .expect("iptables-save");
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter(|l| l.contains(subnet))
@@ -289,30 +317,47 @@ fn a_hundred_start_stop_cycles_leave_no_ip_veth_or_iptables_rule() {
     let ips = |dir: &Path| -> Vec<String> {
         walk(dir)
             .into_iter()
-            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(subnet)))
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(subnet))
+            })
             .map(|p| p.display().to_string())
             .collect()
     };
     let started = Instant::now();
     let mut baseline = None;
     for i in 0..100 {
-        assert!(started.elapsed() < Duration::from_secs(900), "cycle {i} exceeded the time bound");
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "cycle {i} exceeded the time bound"
+        );
         let name = format!("c{i}");
         let mut def = sh_task(&image, "cycle", "sleep 600");
-        def["containerDefinitions"][0]["portMappings"] = json!([{"containerPort": 80, "hostPort": 0}]);
+        def["containerDefinitions"][0]["portMappings"] =
+            json!([{"containerPort": 80, "hostPort": 0}]);
         a.apply(vec![task(&name, def)]).expect("apply");
         a.wait_status(&arn(&name), "RUNNING");
         a.apply(vec![]).expect("apply empty");
         a.wait_status(&arn(&name), "STOPPED");
-        wait_for("containers removed", Duration::from_secs(30), || a.containers().is_empty());
+        wait_for("containers removed", Duration::from_secs(30), || {
+            a.containers().is_empty()
+        });
         if baseline.is_none() {
             baseline = Some(rules());
         }
     }
     assert_eq!(veths(), 0, "veths left on the bridge");
-    assert_eq!(Some(rules()), baseline, "iptables rules for the subnet changed");
+    assert_eq!(
+        Some(rules()),
+        baseline,
+        "iptables rules for the subnet changed"
+    );
     assert_eq!(rules(), 0, "iptables rules mention the subnet");
-    assert!(ips(&a.data_dir()).is_empty(), "IP reservations left: {:?}", ips(&a.data_dir()));
+    assert!(
+        ips(&a.data_dir()).is_empty(),
+        "IP reservations left: {:?}",
+        ips(&a.data_dir())
+    );
     a.finish();
 }
 

@@ -69,8 +69,12 @@ fn network_modes_bridge_host_and_none() {
         "containerDefinitions": [{"name": "main", "image": image,
             "command": ["sh", "-c", "ls /sys/class/net; echo done; sleep 600"]}]
     });
-    a.apply(vec![task("bridge", bridge), task("host", host), task("none", none)])
-        .expect("apply");
+    a.apply(vec![
+        task("bridge", bridge),
+        task("host", host),
+        task("none", none),
+    ])
+    .expect("apply");
     let t = a.wait_status(&harness::arn("bridge"), "RUNNING");
     let picked = t["containers"][0]["networkBindings"][0]["hostPort"]
         .as_u64()
@@ -87,7 +91,11 @@ fn network_modes_bridge_host_and_none() {
     });
     let out = a.logs(&harness::arn("none"), "main");
     let ifaces: Vec<&str> = out.lines().filter(|l| *l != "done").collect();
-    assert_eq!(ifaces, vec!["lo"], "none mode must have only loopback: {out}");
+    assert_eq!(
+        ifaces,
+        vec!["lo"],
+        "none mode must have only loopback: {out}"
+    );
     a.finish();
 }
 
@@ -113,7 +121,8 @@ fn depends_on_orders_starts_and_an_essential_exit_stops_the_task() {
         "volumes": [{"name": "shared"}]
     });
     let failing = sh_task(&image, "failing", "echo bye; exit 3");
-    a.apply(vec![task("deps", def), task("failing", failing)]).expect("apply");
+    a.apply(vec![task("deps", def), task("failing", failing)])
+        .expect("apply");
 
     let t = a.wait_task(&harness::arn("deps"), Duration::from_secs(90), |t| {
         t["lastStatus"] == "RUNNING" && container(t, "sidecar")["lastStatus"] == "RUNNING"
@@ -126,7 +135,10 @@ fn depends_on_orders_starts_and_an_essential_exit_stops_the_task() {
     let f = a.wait_status(&harness::arn("failing"), "STOPPED");
     assert_eq!(f["stopCode"], "EssentialContainerExited");
     assert!(
-        f["stoppedReason"].as_str().unwrap_or("").contains("Essential container in task exited"),
+        f["stoppedReason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Essential container in task exited"),
         "{f:#}"
     );
     assert_eq!(container(&f, "main")["exitCode"], 3);
@@ -158,7 +170,8 @@ fn health_checks_gate_healthy_dependencies_and_report_unhealthy() {
              "healthCheck": {"command": ["CMD", "false"], "interval": 5, "timeout": 2, "retries": 1}}
         ]
     });
-    a.apply(vec![task("health", def), task("sick", sick)]).expect("apply");
+    a.apply(vec![task("health", def), task("sick", sick)])
+        .expect("apply");
     let t = a.wait_task(&harness::arn("health"), Duration::from_secs(90), |t| {
         t["lastStatus"] == "RUNNING"
     });
@@ -181,9 +194,16 @@ fn stop_sends_sigterm_then_sigkill_after_stop_timeout() {
         "containerDefinitions": [{"name": "main", "image": image, "stopTimeout": 2,
             "command": ["sh", "-c", "trap '' TERM; echo ready; while true; do sleep 1; done"]}]
     });
-    let polite = sh_task(&image, "polite", "trap 'exit 0' TERM; echo ready; while true; do sleep 1; done");
-    a.apply(vec![task("stubborn", stubborn.clone()), task("polite", polite.clone())])
-        .expect("apply");
+    let polite = sh_task(
+        &image,
+        "polite",
+        "trap 'exit 0' TERM; echo ready; while true; do sleep 1; done",
+    );
+    a.apply(vec![
+        task("stubborn", stubborn.clone()),
+        task("polite", polite.clone()),
+    ])
+    .expect("apply");
     a.wait_status(&harness::arn("stubborn"), "RUNNING");
     a.wait_status(&harness::arn("polite"), "RUNNING");
     harness::wait_for("trap installed", Duration::from_secs(20), || {
@@ -217,15 +237,24 @@ fn restart_policy_restarts_after_the_attempt_period_and_honours_ignored_codes() 
                 "restartPolicy": {"enabled": true, "ignoredExitCodes": [7], "restartAttemptPeriod": 60}}]
         })
     };
-    a.apply(vec![task("again", def(1)), task("ignored", def(7))]).expect("apply");
+    a.apply(vec![task("again", def(1)), task("ignored", def(7))])
+        .expect("apply");
     harness::wait_for("a restart", Duration::from_secs(150), || {
-        a.logs(&harness::arn("again"), "main").matches("started").count() >= 2
+        a.logs(&harness::arn("again"), "main")
+            .matches("started")
+            .count()
+            >= 2
     });
     let t = a.wait_status(&harness::arn("again"), "RUNNING");
     assert_eq!(container(&t, "main")["lastStatus"], "RUNNING");
     let i = a.wait_status(&harness::arn("ignored"), "STOPPED");
     assert_eq!(container(&i, "main")["exitCode"], 7);
-    assert_eq!(a.logs(&harness::arn("ignored"), "main").matches("started").count(), 1);
+    assert_eq!(
+        a.logs(&harness::arn("ignored"), "main")
+            .matches("started")
+            .count(),
+        1
+    );
     a.finish();
 }
 
@@ -277,12 +306,16 @@ fn container_settings_reach_the_process() {
         }]
     });
     std::fs::create_dir_all(&host_dir).expect("host dir");
-    std::fs::set_permissions(&host_dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
-        .expect("chmod");
+    std::fs::set_permissions(
+        &host_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod");
     a.apply(vec![task("settings", def)]).expect("apply");
     a.wait_status(&harness::arn("settings"), "RUNNING");
     harness::wait_for("the script", Duration::from_secs(30), || {
-        a.logs(&harness::arn("settings"), "main").contains("finished")
+        a.logs(&harness::arn("settings"), "main")
+            .contains("finished")
     });
     let out = a.logs(&harness::arn("settings"), "main");
     for want in [
@@ -309,14 +342,15 @@ fn container_settings_reach_the_process() {
     let labels = a.ctr(&["containers", "info", &format!("{}-main", "settings")]);
     assert!(labels.contains("com.example.team"), "{labels}");
     // cgroup v1 memory controller here: the hard and soft limits from the definition.
-    let cg = format!("/sys/fs/cgroup/memory/skerry/settings/main");
+    let cg = "/sys/fs/cgroup/memory/skerry/settings/main";
     if std::path::Path::new(&cg).exists() {
         let limit = std::fs::read_to_string(format!("{cg}/memory.limit_in_bytes")).expect("limit");
         assert_eq!(limit.trim(), (96u64 << 20).to_string());
-        let soft = std::fs::read_to_string(format!("{cg}/memory.soft_limit_in_bytes")).expect("soft");
+        let soft =
+            std::fs::read_to_string(format!("{cg}/memory.soft_limit_in_bytes")).expect("soft");
         assert_eq!(soft.trim(), (32u64 << 20).to_string());
-        let shares =
-            std::fs::read_to_string("/sys/fs/cgroup/cpu/skerry/settings/main/cpu.shares").expect("shares");
+        let shares = std::fs::read_to_string("/sys/fs/cgroup/cpu/skerry/settings/main/cpu.shares")
+            .expect("shares");
         assert_eq!(shares.trim(), "512");
     } else {
         let max = std::fs::read_to_string("/sys/fs/cgroup/skerry/settings/main/memory.max")
@@ -336,28 +370,47 @@ fn bad_input_is_refused_or_stops_only_its_own_task() {
     let before = a.wait_status(&harness::arn("good"), "RUNNING");
 
     // Refused before anything runs: malformed JSON, an unsupported field.
-    let err = a.apply_raw("{\"generation\": 99, \"tasks\": [").expect_err("malformed");
+    let err = a
+        .apply_raw("{\"generation\": 99, \"tasks\": [")
+        .expect_err("malformed");
     assert!(err.contains("line") || err.contains("EOF"), "{err}");
     let mut unsupported = good.clone();
     unsupported["containerDefinitions"][0]["logConfiguration"] = json!({"logDriver": "awslogs"});
-    let err = a.apply(vec![task("good", good.clone()), task("aws", unsupported)]).expect_err("unsupported");
+    let err = a
+        .apply(vec![task("good", good.clone()), task("aws", unsupported)])
+        .expect_err("unsupported");
     assert!(err.contains("logConfiguration"), "{err}");
     assert!(err.contains("not supported"), "{err}");
 
     // Accepted, then stopped with a reason: an unknown image, a taken port.
-    let missing = sh_task(&format!("{}/no-such-image:1", a.registry), "missing", "true");
+    let missing = sh_task(
+        &format!("{}/no-such-image:1", a.registry),
+        "missing",
+        "true",
+    );
     let taken = std::net::TcpListener::bind("0.0.0.0:0").expect("listener");
     let port = taken.local_addr().expect("addr").port();
     let mut clash = sh_task(&image, "clash", "sleep 600");
-    clash["containerDefinitions"][0]["portMappings"] = json!([{"containerPort": 80, "hostPort": port}]);
-    a.apply(vec![task("good", good), task("missing", missing), task("clash", clash)])
-        .expect("apply");
+    clash["containerDefinitions"][0]["portMappings"] =
+        json!([{"containerPort": 80, "hostPort": port}]);
+    a.apply(vec![
+        task("good", good),
+        task("missing", missing),
+        task("clash", clash),
+    ])
+    .expect("apply");
     let m = a.wait_status(&harness::arn("missing"), "STOPPED");
     let reason = m["stoppedReason"].as_str().unwrap_or("");
-    assert!(reason.contains("CannotPullContainerError") && reason.contains("no-such-image"), "{reason}");
+    assert!(
+        reason.contains("CannotPullContainerError") && reason.contains("no-such-image"),
+        "{reason}"
+    );
     let c = a.wait_status(&harness::arn("clash"), "STOPPED");
     let reason = c["stoppedReason"].as_str().unwrap_or("");
-    assert!(reason.contains(&port.to_string()) && reason.contains("in use"), "{reason}");
+    assert!(
+        reason.contains(&port.to_string()) && reason.contains("in use"),
+        "{reason}"
+    );
 
     // The good task was not disturbed.
     let after = a.task(&harness::arn("good")).expect("good task");
@@ -372,14 +425,21 @@ fn logs_command_prints_and_tails_container_output() {
     let mut a = Agent::new(9, "logs");
     a.start();
     let image = busybox(&a);
-    let def = sh_task(&image, "logs", "for i in $(seq 1 500); do echo line-$i; done; echo oops >&2; sleep 600");
+    let def = sh_task(
+        &image,
+        "logs",
+        "for i in $(seq 1 500); do echo line-$i; done; echo oops >&2; sleep 600",
+    );
     a.apply(vec![task("logs", def)]).expect("apply");
     a.wait_status(&harness::arn("logs"), "RUNNING");
     harness::wait_for("output", Duration::from_secs(20), || {
         a.logs(&harness::arn("logs"), "main").contains("oops")
     });
     let all = a.logs(&harness::arn("logs"), "main");
-    assert!(all.contains("line-1\n") && all.contains("line-500\n"), "{all}");
+    assert!(
+        all.contains("line-1\n") && all.contains("line-500\n"),
+        "{all}"
+    );
     // By task id too, and --tail.
     let (ok, tail, err) = {
         let out = std::process::Command::new(&a.bin)

@@ -38,7 +38,10 @@ pub(crate) async fn check(
         }
         n += 1;
         let exec_id = format!("health-{n}");
-        let ok = matches!(cd.exec(&id, &exec_id, process.clone(), timeout).await, Ok(0));
+        let ok = matches!(
+            cd.exec(&id, &exec_id, process.clone(), timeout).await,
+            Ok(0)
+        );
         debug!(container = %id, ok, "health check");
         let next = if ok {
             failures = 0;

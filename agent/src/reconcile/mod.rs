@@ -53,7 +53,9 @@ pub struct TaskRecord {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    #[error("generation {got} is older than the applied generation {current}; send a newer document")]
+    #[error(
+        "generation {got} is older than the applied generation {current}; send a newer document"
+    )]
     Stale { got: u64, current: u64 },
     #[error("cannot persist the desired state: {0}")]
     Store(#[from] StoreError),
@@ -88,7 +90,9 @@ impl Shared {
     pub(crate) fn update(&self, arn: &str, f: impl FnOnce(&mut TaskRecord)) {
         let snapshot = {
             let mut records = self.lock();
-            let Some(r) = records.get_mut(arn) else { return };
+            let Some(r) = records.get_mut(arn) else {
+                return;
+            };
             f(r);
             r.clone()
         };
@@ -123,7 +127,13 @@ impl Shared {
         let user = c
             .user
             .clone()
-            .or_else(|| image.config.config().as_ref().and_then(|x| x.user().clone()))
+            .or_else(|| {
+                image
+                    .config
+                    .config()
+                    .as_ref()
+                    .and_then(|x| x.user().clone())
+            })
             .unwrap_or_default();
         let numeric = user
             .split(':')
@@ -172,7 +182,12 @@ impl Handle {
 
     /// Every task the agent knows, oldest first, in the shape of DescribeTasks' `tasks`.
     pub fn tasks(&self) -> Vec<TaskReport> {
-        let mut v: Vec<TaskReport> = self.shared.lock().values().map(|r| r.report.clone()).collect();
+        let mut v: Vec<TaskReport> = self
+            .shared
+            .lock()
+            .values()
+            .map(|r| r.report.clone())
+            .collect();
         v.sort_by(|a, b| {
             a.created_at
                 .partial_cmp(&b.created_at)
@@ -365,14 +380,17 @@ impl Reconciler {
     }
 
     fn supervise(&mut self, arn: &str, status: DesiredStatus) {
-        let Some(record) = self.shared.record(arn) else { return };
+        let Some(record) = self.shared.record(arn) else {
+            return;
+        };
         if record.report.last_status == TaskStatus::Stopped && record.cleaned {
             return;
         }
         let (tx, rx) = watch::channel(status);
         let sup = task::Supervisor::new(self.shared.clone(), &record, rx, self.shutdown.clone());
         let join = tokio::spawn(sup.run());
-        self.supervisors.insert(arn.to_string(), Supervised { desired: tx, join });
+        self.supervisors
+            .insert(arn.to_string(), Supervised { desired: tx, join });
     }
 
     /// Removes containers and network attachments that no known task owns: left by a
@@ -431,7 +449,11 @@ impl Reconciler {
             .values()
             .filter(|r| {
                 r.cleaned
-                    && self.desired.as_ref().and_then(|d| d.task(&r.report.task_arn)).is_none()
+                    && self
+                        .desired
+                        .as_ref()
+                        .and_then(|d| d.task(&r.report.task_arn))
+                        .is_none()
                     && r.report.stopped_at.is_some_and(|t| now - t > retention)
             })
             .cloned()

@@ -177,7 +177,10 @@ mod tests {
         assert_eq!(readiness(&dep("db", Condition::Start), &v), Readiness::Wait);
         v.get_mut("db").expect("db").started = true;
         v.get_mut("db").expect("db").running = true;
-        assert_eq!(readiness(&dep("db", Condition::Start), &v), Readiness::Ready);
+        assert_eq!(
+            readiness(&dep("db", Condition::Start), &v),
+            Readiness::Ready
+        );
     }
 
     #[test]
@@ -188,7 +191,10 @@ mod tests {
             ..View::default()
         };
         assert_eq!(
-            readiness(&dep("init", Condition::Success), &views(&[("init", exited(0))])),
+            readiness(
+                &dep("init", Condition::Success),
+                &views(&[("init", exited(0))])
+            ),
             Readiness::Ready
         );
         assert!(matches!(
@@ -196,7 +202,10 @@ mod tests {
             Readiness::Never(m) if m.contains("code 3")
         ));
         assert_eq!(
-            readiness(&dep("init", Condition::Complete), &views(&[("init", exited(3))])),
+            readiness(
+                &dep("init", Condition::Complete),
+                &views(&[("init", exited(3))])
+            ),
             Readiness::Ready
         );
     }
@@ -209,7 +218,10 @@ mod tests {
             ..View::default()
         };
         let d = dep("db", Condition::Healthy);
-        assert_eq!(readiness(&d, &views(&[("db", running.clone())])), Readiness::Wait);
+        assert_eq!(
+            readiness(&d, &views(&[("db", running.clone())])),
+            Readiness::Wait
+        );
         let healthy = View {
             healthy: true,
             ..running.clone()
@@ -233,8 +245,13 @@ mod tests {
             attempt_period: Duration::from_secs(60),
         };
         let long = Duration::from_secs(61);
-        assert_eq!(restart(Some(&p), 1, long, 0), Restart::After(Duration::from_millis(500)));
-        assert!(matches!(restart(Some(&p), 0, long, 0), Restart::No(m) if m.contains("ignoredExitCodes")));
+        assert_eq!(
+            restart(Some(&p), 1, long, 0),
+            Restart::After(Duration::from_millis(500))
+        );
+        assert!(
+            matches!(restart(Some(&p), 0, long, 0), Restart::No(m) if m.contains("ignoredExitCodes"))
+        );
         assert!(matches!(
             restart(Some(&p), 1, Duration::from_secs(5), 0),
             Restart::No(m) if m.contains("restartAttemptPeriod")
@@ -245,14 +262,20 @@ mod tests {
             ..p.clone()
         };
         assert!(matches!(restart(Some(&off), 1, long, 0), Restart::No(_)));
-        assert_eq!(restart(Some(&p), 1, long, 20), Restart::After(MAX_RESTART_DELAY));
+        assert_eq!(
+            restart(Some(&p), 1, long, 20),
+            Restart::After(MAX_RESTART_DELAY)
+        );
     }
 
     #[test]
     fn orders_follow_dependencies() {
         let c = vec![
             ("web".to_string(), vec!["app".to_string()]),
-            ("app".to_string(), vec!["db".to_string(), "init".to_string()]),
+            (
+                "app".to_string(),
+                vec!["db".to_string(), "init".to_string()],
+            ),
             ("db".to_string(), vec![]),
             ("init".to_string(), vec![]),
         ];

@@ -38,7 +38,10 @@ const RESTART_RESET: Duration = Duration::from_secs(600);
 enum Outcome {
     /// The agent is shutting down: leave everything running for the next agent.
     Shutdown,
-    Stop { reason: String, code: &'static str },
+    Stop {
+        reason: String,
+        code: &'static str,
+    },
 }
 
 pub(crate) enum Signal {
@@ -88,14 +91,21 @@ impl Supervisor {
     }
 
     fn container(&self, name: &str) -> Option<&ContainerDefinition> {
-        self.def.container_definitions.iter().find(|c| c.name == name)
+        self.def
+            .container_definitions
+            .iter()
+            .find(|c| c.name == name)
     }
 
     fn update(&self, f: impl FnOnce(&mut TaskRecord)) {
         self.shared.update(&self.arn, f);
     }
 
-    fn set_container(&self, name: &str, f: impl FnOnce(&mut skerry_proto::status::ContainerReport)) {
+    fn set_container(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut skerry_proto::status::ContainerReport),
+    ) {
         self.update(|r| {
             if let Some(c) = r.report.containers.iter_mut().find(|c| c.name == name) {
                 f(c);
@@ -213,7 +223,12 @@ impl Supervisor {
                 });
             }
         }
-        let attachment = match self.shared.network.setup(&self.task_id, mode, &requests).await {
+        let attachment = match self
+            .shared
+            .network
+            .setup(&self.task_id, mode, &requests)
+            .await
+        {
             Ok(a) => a,
             Err(e) => {
                 return Err(Outcome::Stop {
@@ -222,7 +237,8 @@ impl Supervisor {
                 })
             }
         };
-        self.shared.set_netns(&self.task_id, attachment.netns.clone());
+        self.shared
+            .set_netns(&self.task_id, attachment.netns.clone());
         let mut out: BTreeMap<String, Vec<NetworkBinding>> = BTreeMap::new();
         for c in &self.def.container_definitions {
             let mine = out.entry(c.name.clone()).or_default();
@@ -255,14 +271,18 @@ impl Supervisor {
             code: STOP_FAILED_TO_START,
         };
         let task_dir = self.shared.cfg.tasks_dir().join(&self.task_id);
-        let mut volumes = BTreeMap::new();
+        let mut volumes = HashMap::new();
         for v in self.def.volumes.iter().flatten() {
             let path = match v.kind() {
                 VolumeKind::Host(p) => PathBuf::from(p),
                 VolumeKind::Task => task_dir.join("volumes").join(&v.name),
             };
             std::fs::create_dir_all(&path).map_err(|e| {
-                fail(format!("cannot create volume {} at {}: {e}", v.name, path.display()))
+                fail(format!(
+                    "cannot create volume {} at {}: {e}",
+                    v.name,
+                    path.display()
+                ))
             })?;
             volumes.insert(v.name.clone(), path);
         }
@@ -275,9 +295,8 @@ impl Supervisor {
                 .ok_or_else(|| fail(format!("no image was resolved for container {}", c.name)))?;
             let etc_dir = task_dir.join("etc").join(&c.name);
             let files = spec::etc_files(&self.def, c, &host_resolv);
-            write_etc(&etc_dir, &files).map_err(|e| {
-                fail(format!("cannot write {}: {e}", etc_dir.display()))
-            })?;
+            write_etc(&etc_dir, &files)
+                .map_err(|e| fail(format!("cannot write {}: {e}", etc_dir.display())))?;
             let users = self
                 .shared
                 .image_users(image, c)
@@ -350,8 +369,10 @@ impl Supervisor {
                         .and_then(|r| r.container_started.get(&c.name).copied())
                         .unwrap_or_else(now_secs);
                     let age = Duration::from_secs_f64((now_secs() - since).max(0.0));
-                    run.started
-                        .insert(c.name.clone(), Instant::now().checked_sub(age).unwrap_or_else(Instant::now));
+                    run.started.insert(
+                        c.name.clone(),
+                        Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+                    );
                     self.set_container(&c.name, |r| r.last_status = TaskStatus::Running);
                     self.watch(run, c, tx);
                 }
@@ -361,9 +382,15 @@ impl Supervisor {
                     v.started = true;
                     v.running = true;
                     run.started.insert(c.name.clone(), Instant::now());
-                    if let Some(since) = record.as_ref().and_then(|r| r.container_started.get(&c.name)) {
+                    if let Some(since) = record
+                        .as_ref()
+                        .and_then(|r| r.container_started.get(&c.name))
+                    {
                         let age = Duration::from_secs_f64((now_secs() - since).max(0.0));
-                        run.started.insert(c.name.clone(), Instant::now().checked_sub(age).unwrap_or_else(Instant::now));
+                        run.started.insert(
+                            c.name.clone(),
+                            Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+                        );
                     }
                     let _ = tx
                         .send(Signal::Exited {
@@ -408,7 +435,10 @@ impl Supervisor {
             // Start whatever may start now.
             for name in &order {
                 let view = run.views.get(name).cloned().unwrap_or_default();
-                if view.started || run.restart_due.contains_key(name) || run.never.contains_key(name) {
+                if view.started
+                    || run.restart_due.contains_key(name)
+                    || run.never.contains_key(name)
+                {
                     continue;
                 }
                 let my_deps = deps
@@ -490,7 +520,7 @@ impl Supervisor {
         }
         let limits = logs::LogLimits {
             max_bytes: self.shared.cfg.log_max_bytes,
-            max_files: self.shared.cfg.log_max_files,
+            max_files: self.shared.cfg.log_max_files as usize,
         };
         if let Err(e) = limits.store(&log_dir) {
             warn!(task = %self.arn, container = %name, "cannot write log limits: {e}");
@@ -559,7 +589,12 @@ impl Supervisor {
                 };
                 match waited {
                     Ok(code) => {
-                        let _ = sender.send(Signal::Exited { name, code: code as i32 }).await;
+                        let _ = sender
+                            .send(Signal::Exited {
+                                name,
+                                code: code as i32,
+                            })
+                            .await;
                         return;
                     }
                     Err(e) if e.is_not_found() => {
@@ -578,7 +613,8 @@ impl Supervisor {
                 }
             }
         });
-        if let (Some(hc), Some(process)) = (c.health_check.clone(), run.process.get(&c.name).cloned())
+        if let (Some(hc), Some(process)) =
+            (c.health_check.clone(), run.process.get(&c.name).cloned())
         {
             let cd = self.shared.cd.clone();
             let id = self.container_id(&c.name);
@@ -620,14 +656,17 @@ impl Supervisor {
             Restart::After(delay) => {
                 info!(task = %self.arn, container = %name, exit_code = code, "container exited; restarting in {delay:?}");
                 run.consecutive.insert(name.to_string(), consecutive + 1);
-                run.restart_due.insert(name.to_string(), Instant::now() + delay);
+                run.restart_due
+                    .insert(name.to_string(), Instant::now() + delay);
                 None
             }
             Restart::No(why) => {
                 info!(task = %self.arn, container = %name, exit_code = code, "container exited; not restarted: {why}");
                 if c.is_essential() {
                     Some(Outcome::Stop {
-                        reason: format!("Essential container in task exited: {name} exited with code {code}"),
+                        reason: format!(
+                            "Essential container in task exited: {name} exited with code {code}"
+                        ),
                         code: STOP_ESSENTIAL_EXITED,
                     })
                 } else {
@@ -686,7 +725,9 @@ impl Supervisor {
         self.update(|r| {
             r.report.last_status = TaskStatus::Stopping;
             r.report.stopping_at.get_or_insert(now);
-            r.report.stopped_reason.get_or_insert_with(|| reason.to_string());
+            r.report
+                .stopped_reason
+                .get_or_insert_with(|| reason.to_string());
             r.report.stop_code.get_or_insert_with(|| code.to_string());
         });
         let deps: Vec<(String, Vec<String>)> = self
@@ -696,12 +737,18 @@ impl Supervisor {
             .map(|c| {
                 (
                     c.name.clone(),
-                    c.depends_on.iter().flatten().map(|d| d.container_name.clone()).collect(),
+                    c.depends_on
+                        .iter()
+                        .flatten()
+                        .map(|d| d.container_name.clone())
+                        .collect(),
                 )
             })
             .collect();
         for name in policy::stop_order(&deps) {
-            let Some(c) = self.container(&name) else { continue };
+            let Some(c) = self.container(&name) else {
+                continue;
+            };
             let id = self.container_id(&name);
             let code = self.stop_container(&id, c.stop_timeout_secs()).await;
             self.set_container(&name, |r| {
@@ -760,7 +807,9 @@ impl Supervisor {
             r.report.last_status = TaskStatus::Stopped;
             r.report.desired_status = DesiredStatus::Stopped;
             r.report.stopped_at.get_or_insert(now);
-            r.report.stopped_reason.get_or_insert_with(|| "Task stopped".into());
+            r.report
+                .stopped_reason
+                .get_or_insert_with(|| "Task stopped".into());
             for c in &mut r.report.containers {
                 c.last_status = TaskStatus::Stopped;
             }

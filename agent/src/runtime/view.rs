@@ -28,7 +28,11 @@ impl Containerd {
         chain_id: &str,
         paths: &[&str],
     ) -> Result<Vec<Option<String>>, ViewError> {
-        let key = format!("skerry-view-{}-{}", std::process::id(), rand::random::<u64>());
+        let key = format!(
+            "skerry-view-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        );
         let req = snapshots::ViewSnapshotRequest {
             snapshotter: SNAPSHOTTER.into(),
             key: key.clone(),
@@ -98,7 +102,13 @@ fn read_mounted(
         flags,
         (!data.is_empty()).then_some(data.as_str()),
     )
-    .map_err(|e| err(format!("mount {} at {}: {e}", m.r#type, dir.path().display())))?;
+    .map_err(|e| {
+        err(format!(
+            "mount {} at {}: {e}",
+            m.r#type,
+            dir.path().display()
+        ))
+    })?;
     // A bind mount ignores MS_RDONLY on the first call; make the view read-only for real.
     if flags.contains(MsFlags::MS_BIND) {
         let _ = nix::mount::mount(
@@ -111,7 +121,9 @@ fn read_mounted(
     }
     let out = paths
         .iter()
-        .map(|p| std::fs::read_to_string(dir.path().join(Path::new(p.trim_start_matches('/')))).ok())
+        .map(|p| {
+            std::fs::read_to_string(dir.path().join(Path::new(p.trim_start_matches('/')))).ok()
+        })
         .collect();
     umount2(dir.path(), MntFlags::MNT_DETACH).map_err(|e| err(format!("umount: {e}")))?;
     Ok(out)

@@ -118,7 +118,11 @@ netns_dir = "{netns}"
                     panic!("agent exited with {status}:\n{}", self.log_tail());
                 }
             }
-            assert!(Instant::now() < deadline, "agent socket never appeared:\n{}", self.log_tail());
+            assert!(
+                Instant::now() < deadline,
+                "agent socket never appeared:\n{}",
+                self.log_tail()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -146,8 +150,15 @@ netns_dir = "{netns}"
 
     fn cli(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
         let mut cmd = Command::new(&self.bin);
-        cmd.arg(args[0]).arg("--config").arg(&self.config).args(&args[1..]);
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.arg(args[0])
+            .arg("--config")
+            .arg(&self.config)
+            .args(&args[1..]);
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("run skerry-agent cli");
         if let Some(text) = stdin {
@@ -267,7 +278,10 @@ netns_dir = "{netns}"
         let netns: Vec<_> = std::fs::read_dir(self.dir.path().join("netns"))
             .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
             .unwrap_or_default();
-        assert!(netns.is_empty(), "network namespaces left behind: {netns:?}");
+        assert!(
+            netns.is_empty(),
+            "network namespaces left behind: {netns:?}"
+        );
         self.stop();
     }
 }
