@@ -490,3 +490,80 @@ async fn a_hundred_bridge_setups_and_teardowns_leak_nothing() {
     assert!(net.attachments().expect("list").is_empty());
     assert_eq!(iptables_rules(), rules_before, "iptables rules changed");
 }
+
+#[tokio::test]
+async fn a_failed_add_names_task_and_plugin_and_leaves_nothing_behind() {
+    let _serial = SERIAL.lock().await;
+    let fx = Fixture::new();
+    // A /30 has one address for tasks after the gateway, so the second task can't get one.
+    let net = Network::new(NetworkConfig {
+        bridge: "skt-net1".into(),
+        subnet: "10.211.0.0/30".into(),
+        ..fx.config()
+    });
+    let first = net
+        .setup("full-1", NetworkMode::Bridge, &[])
+        .await
+        .expect("setup");
+    assert_eq!(first.ip, Some("10.211.0.2".parse().expect("ip")));
+    let links_before = host_link_count();
+
+    let err = net
+        .setup("full-2", NetworkMode::Bridge, &[tcp(80, 0)])
+        .await
+        .expect_err("the subnet is full");
+    let text = err.to_string();
+    assert!(
+        matches!(&err, NetworkError::Plugin { plugin, .. } if plugin == "bridge"),
+        "{err:?}"
+    );
+    assert!(text.contains("full-2"), "{text}");
+    assert!(text.contains("no IP addresses available"), "{text}");
+    assert_eq!(
+        host_link_count(),
+        links_before,
+        "the failed setup left a link"
+    );
+    assert_eq!(net.attachments().expect("list"), vec!["full-1".to_string()]);
+    assert_eq!(dir_entries(&fx.netns_dir()), vec!["full-1".to_string()]);
+
+    net.teardown("full-1").await.expect("teardown");
+    assert!(reserved_ips(&fx.ipam_dir()).is_empty());
+}
+
+#[tokio::test]
+async fn concurrent_setups_get_distinct_ports_and_addresses() {
+    let _serial = SERIAL.lock().await;
+    let fx = Fixture::new();
+    let net = fx.network();
+    let ports = [tcp(80, 0), tcp(81, 0)];
+    let ids: Vec<String> = (0..4).map(|i| format!("conc-{i}")).collect();
+
+    let results = futures::future::join_all(
+        ids.iter()
+            .map(|id| net.setup(id, NetworkMode::Bridge, &ports)),
+    )
+    .await;
+    let mut host_ports = std::collections::HashSet::new();
+    let mut ips = std::collections::HashSet::new();
+    for (id, r) in ids.iter().zip(results) {
+        let att = r.unwrap_or_else(|e| panic!("{id}: {e}"));
+        ips.insert(att.ip.expect("ip"));
+        for b in att.bindings {
+            assert!(
+                host_ports.insert(b.host_port),
+                "host port {} given twice",
+                b.host_port
+            );
+        }
+    }
+    assert_eq!(ips.len(), 4);
+    assert_eq!(host_ports.len(), 8);
+
+    for r in futures::future::join_all(ids.iter().map(|id| net.teardown(id))).await {
+        r.expect("teardown");
+    }
+    assert!(net.attachments().expect("list").is_empty());
+    assert!(dir_entries(&fx.netns_dir()).is_empty());
+    assert!(reserved_ips(&fx.ipam_dir()).is_empty());
+}
