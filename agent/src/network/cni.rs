@@ -151,6 +151,8 @@ impl Runner {
             )
             .env("CNI_IFNAME", target.ifname)
             .env("CNI_PATH", cni_path)
+            // Per-call arguments would otherwise leak in from the agent's own environment.
+            .env_remove("CNI_ARGS")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -786,6 +786,14 @@ mod tests {
     }
 
     #[test]
+    fn setup_and_teardown_can_run_on_spawned_tasks() {
+        fn assert_send<T: Send>(_: &T) {}
+        let net = Network::new(NetworkConfig::default());
+        assert_send(&net.setup("t", NetworkMode::None, &[]));
+        assert_send(&net.teardown("t"));
+    }
+
+    #[test]
     fn bad_bridge_config_is_refused() {
         let net = |bridge: &str, subnet: &str| {
             Network::new(NetworkConfig {
