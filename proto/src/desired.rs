@@ -62,7 +62,26 @@ fn valid_task_id(id: &str) -> bool {
         && id != ".."
 }
 
+/// Whether `id` is a valid containerd identifier: at most 76 characters, letters and digits
+/// in runs separated by single '.', '_' or '-'.
+pub fn is_containerd_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    let sep = |c: u8| matches!(c, b'.' | b'_' | b'-');
+    !b.is_empty()
+        && b.len() <= 76
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || sep(*c))
+        && !sep(b[0])
+        && !sep(b[b.len() - 1])
+        && !b.windows(2).any(|w| sep(w[0]) && sep(w[1]))
+}
+
 impl DesiredTask {
+    /// The containerd container id of one of the task's containers: `<task_id>-<name>`.
+    /// Validated by [`DesiredState::parse`] to be a valid containerd id for every container.
+    pub fn container_id(&self, container_name: &str) -> String {
+        format!("{}-{container_name}", self.task_id())
+    }
+
     /// The last `/`-separated segment of the task ARN; containerd ids are built from it as
     /// `<task_id>-<container name>`.
     pub fn task_id(&self) -> &str {
@@ -117,6 +136,19 @@ impl DesiredState {
                 },
                 message: e.message,
             })?;
+            for (j, cd) in t.task_definition.container_definitions.iter().enumerate() {
+                let id = t.container_id(&cd.name);
+                if !is_containerd_id(&id) {
+                    return Err(DesiredError {
+                        path: format!("tasks[{i}].taskDefinition.containerDefinitions[{j}].name"),
+                        message: format!(
+                            "the container id {id:?} (task id, '-', container name) is not valid \
+                             for containerd: at most 76 characters, no leading, trailing or \
+                             doubled '.', '_' or '-'; shorten or rename the container"
+                        ),
+                    });
+                }
+            }
         }
         Ok(())
     }
