@@ -1,11 +1,11 @@
 //! The desired-state document: what the hub wants a device to run. The hub sends it whole and
 //! the agent persists it; `generation` orders documents so an older one never wins.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::taskdef::{self, TaskDefError, TaskDefinition};
+use crate::taskdef::{self, NetworkMode, Protocol, TaskDefError, TaskDefinition};
 
 /// A desired-state error: JSON path (from the document root) and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -91,7 +91,8 @@ impl DesiredTask {
 
 impl DesiredState {
     /// Parses and validates a desired-state document: every task definition, unique task
-    /// ARNs, and task ids usable as containerd ids.
+    /// ARNs and ids, containerd-valid container ids, and no host port held by two running
+    /// tasks.
     pub fn parse(json: &str) -> Result<DesiredState, DesiredError> {
         let state: DesiredState = taskdef::from_json(json)?;
         state.validate()?;
@@ -99,6 +100,8 @@ impl DesiredState {
     }
 
     pub fn validate(&self) -> Result<(), DesiredError> {
+        // Host ports are a device-wide resource: two running tasks cannot both hold one.
+        let mut host_ports: HashMap<(u16, Protocol), String> = HashMap::new();
         let mut arns = HashSet::new();
         let mut ids = HashSet::new();
         for (i, t) in self.tasks.iter().enumerate() {
@@ -136,6 +139,37 @@ impl DesiredState {
                 },
                 message: e.message,
             })?;
+            let host_mode = t.task_definition.network_mode() == NetworkMode::Host;
+            for (j, cd) in t.task_definition.container_definitions.iter().enumerate() {
+                if t.desired_status != DesiredStatus::Running {
+                    break;
+                }
+                for (k, pm) in cd.port_mappings.iter().flatten().enumerate() {
+                    let (port, field) = if host_mode {
+                        (Some(pm.container_port()), "containerPort")
+                    } else {
+                        (pm.fixed_host_port(), "hostPort")
+                    };
+                    let Some(port) = port else { continue };
+                    let path = format!(
+                        "tasks[{i}].taskDefinition.containerDefinitions[{j}].portMappings[{k}].{field}"
+                    );
+                    if let Some(first) = host_ports.get(&(port, pm.protocol())) {
+                        if !first.starts_with(&format!("tasks[{i}].")) {
+                            return Err(DesiredError {
+                                path,
+                                message: format!(
+                                    "host port {port}/{} is already taken by {first}; two running \
+                                     tasks on one device cannot share a host port",
+                                    pm.protocol().as_str()
+                                ),
+                            });
+                        }
+                    } else {
+                        host_ports.insert((port, pm.protocol()), path);
+                    }
+                }
+            }
             for (j, cd) in t.task_definition.container_definitions.iter().enumerate() {
                 let id = t.container_id(&cd.name);
                 if !is_containerd_id(&id) {

@@ -214,3 +214,22 @@ fn container_ids_must_suit_containerd() {
     assert!(!is_containerd_id("a-"));
     assert!(!is_containerd_id(""));
 }
+
+#[test]
+fn running_tasks_cannot_share_a_host_port() {
+    let web = json!({
+        "family": "web",
+        "containerDefinitions": [{"name": "web", "image": "nginx", "memory": 64,
+            "portMappings": [{"containerPort": 80, "hostPort": 8080}]}]
+    });
+    let task = |arn: &str, status: &str| json!({"taskArn": arn, "taskDefinition": web, "desiredStatus": status});
+    let e = DesiredState::parse(&doc(json!([task("a", "RUNNING"), task("b", "RUNNING")])))
+        .expect_err("port clash");
+    assert_eq!(
+        e.path,
+        "tasks[1].taskDefinition.containerDefinitions[0].portMappings[0].hostPort"
+    );
+    assert!(e.message.contains("tasks[0]."), "{e}");
+    // A task being stopped does not hold its ports in the desired state.
+    assert!(DesiredState::parse(&doc(json!([task("a", "RUNNING"), task("b", "STOPPED")]))).is_ok());
+}
