@@ -1011,9 +1011,9 @@ mod tests {
         let mut case = one(json!({}));
         case.image = image(json!({"Cmd": ["x"], "WorkingDir": "/srv"}));
         assert_eq!(case.json()["process"]["cwd"], json!("/srv"));
-        let mut case = one(json!({"workingDirectory": "/work"}));
+        let mut case = one(json!({"workingDirectory": "/srv/app"}));
         case.image = image(json!({"Cmd": ["x"], "WorkingDir": "/srv"}));
-        assert_eq!(case.json()["process"]["cwd"], json!("/work"));
+        assert_eq!(case.json()["process"]["cwd"], json!("/srv/app"));
     }
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33::/var/www:/sbin/nologin\n";

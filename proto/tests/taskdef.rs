@@ -158,7 +158,7 @@ fn every_field_group_parses() {
                 {"sourceVolume": "cache", "containerPath": "/cache"}
             ],
             "volumesFrom": [],
-            "workingDirectory": "/work",
+            "workingDirectory": "/srv/app",
             "user": "nobody:nogroup",
             "readonlyRootFilesystem": true,
             "privileged": false,
