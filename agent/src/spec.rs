@@ -785,3 +785,596 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
     spec.set_linux(Some(linux));
     Ok(spec)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn task(containers: Value) -> TaskDefinition {
+        task_with(json!({}), containers)
+    }
+
+    fn task_with(extra: Value, containers: Value) -> TaskDefinition {
+        let mut v = json!({"family": "t", "memory": "512", "containerDefinitions": containers});
+        if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            for (k, val) in e {
+                o.insert(k.clone(), val.clone());
+            }
+        }
+        TaskDefinition::parse(&v.to_string()).expect("test task definition is valid")
+    }
+
+    fn image(config: Value) -> ImageConfiguration {
+        serde_json::from_value(json!({
+            "architecture": "arm64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": []},
+            "config": config
+        }))
+        .expect("test image config is valid")
+    }
+
+    fn default_image() -> ImageConfiguration {
+        image(json!({"Cmd": ["/bin/sh"], "Env": ["PATH=/bin", "LANG=C"]}))
+    }
+
+    struct Case {
+        task: TaskDefinition,
+        image: ImageConfiguration,
+        netns: NetNs,
+        volumes: HashMap<String, PathBuf>,
+        etc_dir: Option<PathBuf>,
+        passwd: Option<&'static str>,
+        group: Option<&'static str>,
+        init: Option<PathBuf>,
+    }
+
+    impl Case {
+        fn new(task: TaskDefinition) -> Self {
+            Self {
+                task,
+                image: default_image(),
+                netns: NetNs::Path(PathBuf::from("/run/netns/t1")),
+                volumes: HashMap::new(),
+                etc_dir: None,
+                passwd: None,
+                group: None,
+                init: None,
+            }
+        }
+
+        fn build(&self) -> Result<Spec, SpecError> {
+            build(&SpecInput {
+                task: &self.task,
+                container: &self.task.container_definitions[0],
+                image: &self.image,
+                netns: self.netns.clone(),
+                cgroups_path: "/skerry/t1/c".into(),
+                volumes: &self.volumes,
+                etc_dir: self.etc_dir.clone(),
+                passwd: self.passwd,
+                group: self.group,
+                init: self.init.clone(),
+            })
+        }
+
+        fn json(&self) -> Value {
+            serde_json::to_value(self.build().expect("spec builds")).expect("spec serializes")
+        }
+    }
+
+    fn one(c: Value) -> Case {
+        let mut c = c;
+        if let Some(o) = c.as_object_mut() {
+            o.entry("name").or_insert(json!("app"));
+            o.entry("image").or_insert(json!("img"));
+        }
+        Case::new(task(json!([c])))
+    }
+
+    fn strs(v: &Value) -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn sorted(mut v: Vec<String>) -> Vec<String> {
+        v.sort();
+        v
+    }
+
+    fn mount_at<'a>(spec: &'a Value, dest: &str) -> Option<&'a Value> {
+        spec["mounts"]
+            .as_array()?
+            .iter()
+            .find(|m| m["destination"] == dest)
+    }
+
+    fn cap_names(list: &[&str]) -> Vec<String> {
+        sorted(list.iter().map(|c| format!("CAP_{c}")).collect())
+    }
+
+    #[test]
+    fn defaults_follow_containerd() {
+        let s = one(json!({})).json();
+        let dests: Vec<String> = s["mounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .filter_map(|m| m["destination"].as_str().map(str::to_string))
+            .collect();
+        assert_eq!(
+            dests,
+            [
+                "/proc",
+                "/dev",
+                "/dev/pts",
+                "/dev/shm",
+                "/dev/mqueue",
+                "/sys",
+                "/sys/fs/cgroup"
+            ]
+        );
+        assert!(strs(&mount_at(&s, "/sys").expect("sys")["options"]).contains(&"ro".into()));
+        assert!(
+            strs(&mount_at(&s, "/sys/fs/cgroup").expect("cgroup")["options"])
+                .contains(&"ro".into())
+        );
+        let caps = &s["process"]["capabilities"];
+        for set in ["bounding", "effective", "permitted"] {
+            assert_eq!(sorted(strs(&caps[set])), cap_names(DEFAULT_CAPS), "{set}");
+        }
+        assert!(caps.get("inheritable").is_none());
+        assert!(caps.get("ambient").is_none());
+        assert_eq!(strs(&s["linux"]["maskedPaths"]), MASKED_PATHS);
+        assert_eq!(strs(&s["linux"]["readonlyPaths"]), READONLY_PATHS);
+        assert_eq!(
+            s["process"]["rlimits"],
+            json!([{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}])
+        );
+        assert_eq!(
+            s["linux"]["namespaces"],
+            json!([{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+                   {"type": "network", "path": "/run/netns/t1"}])
+        );
+        assert_eq!(s["process"]["noNewPrivileges"], json!(false));
+        assert_eq!(s["process"]["terminal"], json!(false));
+        assert_eq!(s["process"]["user"], json!({"uid": 0, "gid": 0}));
+        assert_eq!(s["process"]["cwd"], json!("/"));
+        assert_eq!(s["root"], json!({"path": "rootfs", "readonly": false}));
+        assert_eq!(s["hostname"], json!("app"));
+        assert_eq!(s["linux"]["cgroupsPath"], json!("/skerry/t1/c"));
+        assert_eq!(
+            s["linux"]["resources"]["devices"],
+            json!([{"allow": false, "access": "rwm"}])
+        );
+        assert!(s["linux"]["resources"].get("memory").is_none());
+        assert!(s["linux"]["resources"].get("cpu").is_none());
+        assert!(s["linux"]["resources"].get("pids").is_none());
+        assert!(s.get("annotations").is_none());
+    }
+
+    #[test]
+    fn every_task_definition_capability_is_an_oci_capability() {
+        for name in CAPABILITIES {
+            assert!(to_cap("c", name).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn entry_point_and_command_follow_docker() {
+        let img = image(json!({"Entrypoint": ["/entry"], "Cmd": ["cmd-arg"]}));
+        let args = |c: Value| {
+            let mut case = one(c);
+            case.image = img.clone();
+            strs(&case.json()["process"]["args"])
+        };
+        assert_eq!(args(json!({})), ["/entry", "cmd-arg"]);
+        assert_eq!(args(json!({"command": ["x"]})), ["/entry", "x"]);
+        assert_eq!(args(json!({"entryPoint": ["/e2"]})), ["/e2"]);
+        assert_eq!(
+            args(json!({"entryPoint": ["/e2"], "command": ["y"]})),
+            ["/e2", "y"]
+        );
+    }
+
+    #[test]
+    fn nothing_to_run_is_an_error() {
+        let mut case = one(json!({}));
+        case.image = image(json!({}));
+        assert!(matches!(
+            case.build(),
+            Err(SpecError::NoCommand { container }) if container == "app"
+        ));
+    }
+
+    #[test]
+    fn environment_overlays_image_env() {
+        let s = one(json!({"environment": [{"name": "LANG", "value": "en"}, {"name": "NEW", "value": "1"}]}))
+            .json();
+        assert_eq!(
+            strs(&s["process"]["env"]),
+            ["PATH=/bin", "LANG=en", "NEW=1"]
+        );
+        let mut case = one(json!({}));
+        case.image = image(json!({"Cmd": ["x"]}));
+        assert_eq!(strs(&case.json()["process"]["env"]), [DEFAULT_PATH]);
+    }
+
+    #[test]
+    fn working_directory_overrides_image() {
+        let mut case = one(json!({}));
+        case.image = image(json!({"Cmd": ["x"], "WorkingDir": "/srv"}));
+        assert_eq!(case.json()["process"]["cwd"], json!("/srv"));
+        let mut case = one(json!({"workingDirectory": "/srv/app"}));
+        case.image = image(json!({"Cmd": ["x"], "WorkingDir": "/srv"}));
+        assert_eq!(case.json()["process"]["cwd"], json!("/srv/app"));
+    }
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33::/var/www:/sbin/nologin\n";
+    const GROUP: &str = "root:x:0:\nwww:x:33:\nstaff:x:50:www,other\nvideo:x:44:www\n";
+
+    fn user_of(user: Option<&str>, image_user: Option<&str>) -> Result<Value, SpecError> {
+        let c = match user {
+            Some(u) => json!({"user": u}),
+            None => json!({}),
+        };
+        let mut case = one(c);
+        case.image = image(json!({"Cmd": ["x"], "User": image_user.unwrap_or("")}));
+        case.passwd = Some(PASSWD);
+        case.group = Some(GROUP);
+        let spec = case.build()?;
+        Ok(serde_json::to_value(spec).expect("serializes")["process"]["user"].clone())
+    }
+
+    #[test]
+    fn users_resolve_like_docker() {
+        assert_eq!(
+            user_of(Some("1000"), None).expect("uid"),
+            json!({"uid": 1000, "gid": 0})
+        );
+        assert_eq!(
+            user_of(Some("1000:1001"), None).expect("uid:gid"),
+            json!({"uid": 1000, "gid": 1001})
+        );
+        assert_eq!(
+            user_of(Some("www"), None).expect("name"),
+            json!({"uid": 33, "gid": 33, "additionalGids": [50, 44]})
+        );
+        assert_eq!(
+            user_of(Some("33"), None).expect("uid in passwd"),
+            json!({"uid": 33, "gid": 33, "additionalGids": [50, 44]})
+        );
+        assert_eq!(
+            user_of(Some("www:staff"), None).expect("name:group"),
+            json!({"uid": 33, "gid": 50, "additionalGids": [44]})
+        );
+        assert_eq!(
+            user_of(None, Some("www")).expect("image user"),
+            json!({"uid": 33, "gid": 33, "additionalGids": [50, 44]})
+        );
+        assert_eq!(
+            user_of(Some("0"), Some("www")).expect("task wins"),
+            json!({"uid": 0, "gid": 0})
+        );
+    }
+
+    #[test]
+    fn unknown_user_and_group_are_named() {
+        let e = user_of(Some("ghost"), None).expect_err("no such user");
+        assert!(matches!(&e, SpecError::UnknownUser { user, .. } if user == "ghost"));
+        assert!(e.to_string().contains("\"ghost\""), "{e}");
+        let e = user_of(Some("www:ghosts"), None).expect_err("no such group");
+        assert!(matches!(&e, SpecError::UnknownGroup { group, .. } if group == "ghosts"));
+    }
+
+    fn caps_of(c: Value) -> Vec<String> {
+        sorted(strs(&one(c).json()["process"]["capabilities"]["bounding"]))
+    }
+
+    #[test]
+    fn capabilities_add_and_drop() {
+        let mut want: Vec<&str> = DEFAULT_CAPS
+            .iter()
+            .copied()
+            .filter(|c| *c != "NET_RAW")
+            .collect();
+        want.push("NET_ADMIN");
+        assert_eq!(
+            caps_of(
+                json!({"linuxParameters": {"capabilities": {"add": ["NET_ADMIN"], "drop": ["CAP_NET_RAW"]}}})
+            ),
+            cap_names(&want)
+        );
+        assert_eq!(
+            caps_of(
+                json!({"linuxParameters": {"capabilities": {"drop": ["ALL"], "add": ["CHOWN"]}}})
+            ),
+            cap_names(&["CHOWN"])
+        );
+        let all_but_admin: Vec<&str> = CAPABILITIES
+            .iter()
+            .copied()
+            .filter(|c| *c != "SYS_ADMIN")
+            .collect();
+        assert_eq!(
+            caps_of(
+                json!({"linuxParameters": {"capabilities": {"add": ["ALL"], "drop": ["SYS_ADMIN"]}}})
+            ),
+            cap_names(&all_but_admin)
+        );
+    }
+
+    #[test]
+    fn privileged_opens_everything() {
+        let s = one(
+            json!({"privileged": true, "linuxParameters": {"capabilities": {"drop": ["ALL"]}}}),
+        )
+        .json();
+        assert_eq!(
+            sorted(strs(&s["process"]["capabilities"]["effective"])),
+            cap_names(CAPABILITIES)
+        );
+        assert!(s["linux"]
+            .get("maskedPaths")
+            .is_none_or(|v| strs(v).is_empty()));
+        assert!(s["linux"]
+            .get("readonlyPaths")
+            .is_none_or(|v| strs(v).is_empty()));
+        assert!(strs(&mount_at(&s, "/sys").expect("sys")["options"]).contains(&"rw".into()));
+        assert_eq!(
+            s["linux"]["resources"]["devices"],
+            json!([{"allow": true, "access": "rwm"}])
+        );
+    }
+
+    #[test]
+    fn readonly_root_filesystem() {
+        let s = one(json!({"readonlyRootFilesystem": true})).json();
+        assert_eq!(s["root"]["readonly"], json!(true));
+    }
+
+    #[test]
+    fn tmpfs_mounts_with_size_and_options() {
+        let s = one(json!({"linuxParameters": {"tmpfs": [
+            {"containerPath": "/run", "size": 64, "mountOptions": ["rw", "mode=1777"]},
+            {"containerPath": "/tmp", "size": 8}
+        ]}}))
+        .json();
+        let run = mount_at(&s, "/run").expect("/run");
+        assert_eq!(run["type"], json!("tmpfs"));
+        assert_eq!(strs(&run["options"]), ["rw", "mode=1777", "size=64m"]);
+        assert_eq!(
+            strs(&mount_at(&s, "/tmp").expect("/tmp")["options"]),
+            ["nosuid", "nodev", "noexec", "size=8m"]
+        );
+    }
+
+    #[test]
+    fn shared_memory_size_sizes_dev_shm() {
+        let s = one(json!({"linuxParameters": {"sharedMemorySize": 256}})).json();
+        let opts = strs(&mount_at(&s, "/dev/shm").expect("shm")["options"]);
+        assert!(opts.contains(&"size=256m".to_string()), "{opts:?}");
+        assert!(!opts.contains(&"size=65536k".to_string()), "{opts:?}");
+    }
+
+    #[test]
+    fn ulimits_become_rlimits() {
+        let s = one(json!({"ulimits": [
+            {"name": "nofile", "softLimit": 4096, "hardLimit": 8192},
+            {"name": "memlock", "softLimit": 1, "hardLimit": 2}
+        ]}))
+        .json();
+        assert_eq!(
+            s["process"]["rlimits"],
+            json!([
+                {"type": "RLIMIT_NOFILE", "soft": 4096, "hard": 8192},
+                {"type": "RLIMIT_MEMLOCK", "soft": 1, "hard": 2}
+            ])
+        );
+    }
+
+    #[test]
+    fn devices_are_looked_up_on_the_host() {
+        let s = one(json!({"linuxParameters": {"devices": [
+            {"hostPath": "/dev/null", "containerPath": "/dev/mynull", "permissions": ["read"]}
+        ]}}))
+        .json();
+        let meta = std::fs::metadata("/dev/null").expect("/dev/null exists");
+        let (major, minor) = (
+            i64::from(rustix::fs::major(meta.rdev())),
+            i64::from(rustix::fs::minor(meta.rdev())),
+        );
+        assert_eq!(s["linux"]["devices"][0]["path"], json!("/dev/mynull"));
+        assert_eq!(s["linux"]["devices"][0]["type"], json!("c"));
+        assert_eq!(s["linux"]["devices"][0]["major"], json!(major));
+        assert_eq!(s["linux"]["devices"][0]["minor"], json!(minor));
+        assert_eq!(
+            s["linux"]["resources"]["devices"][1],
+            json!({"allow": true, "type": "c", "major": major, "minor": minor, "access": "r"})
+        );
+    }
+
+    #[test]
+    fn missing_or_non_device_paths_are_named() {
+        let e = one(json!({"linuxParameters": {"devices": [{"hostPath": "/dev/skerry-no-such"}]}}))
+            .build()
+            .expect_err("missing device");
+        assert!(e.to_string().contains("/dev/skerry-no-such"), "{e}");
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        let path = file.path().to_string_lossy().to_string();
+        let e = one(json!({"linuxParameters": {"devices": [{"hostPath": path}]}}))
+            .build()
+            .expect_err("not a device");
+        assert!(matches!(&e, SpecError::NotADevice { path: p, .. } if p == file.path()));
+    }
+
+    fn with_volumes() -> Case {
+        let t = task_with(
+            json!({"volumes": [{"name": "data", "host": {"sourcePath": "/srv/data"}}, {"name": "scratch"}]}),
+            json!([{"name": "app", "image": "img", "mountPoints": [
+                {"sourceVolume": "data", "containerPath": "/data", "readOnly": true},
+                {"sourceVolume": "scratch", "containerPath": "/scratch"}
+            ]}]),
+        );
+        Case::new(t)
+    }
+
+    #[test]
+    fn mount_points_become_bind_mounts() {
+        let mut case = with_volumes();
+        case.volumes
+            .insert("data".into(), PathBuf::from("/srv/data"));
+        case.volumes.insert(
+            "scratch".into(),
+            PathBuf::from("/var/lib/skerry/t1/scratch"),
+        );
+        let s = case.json();
+        assert_eq!(
+            mount_at(&s, "/data").expect("/data"),
+            &json!({"destination": "/data", "type": "bind", "source": "/srv/data",
+                    "options": ["rbind", "rprivate", "ro"]})
+        );
+        assert_eq!(
+            strs(&mount_at(&s, "/scratch").expect("/scratch")["options"]),
+            ["rbind", "rprivate", "rw"]
+        );
+    }
+
+    #[test]
+    fn unresolved_volume_is_an_error() {
+        let mut case = with_volumes();
+        case.volumes
+            .insert("data".into(), PathBuf::from("/srv/data"));
+        assert!(matches!(
+            case.build(),
+            Err(SpecError::VolumeNotResolved { volume, .. }) if volume == "scratch"
+        ));
+    }
+
+    #[test]
+    fn etc_dir_is_bind_mounted() {
+        let mut case = one(json!({}));
+        case.etc_dir = Some(PathBuf::from("/var/lib/skerry/t1/app/etc"));
+        let s = case.json();
+        for f in ["hosts", "resolv.conf", "hostname"] {
+            let m = mount_at(&s, &format!("/etc/{f}")).expect("etc mount");
+            assert_eq!(
+                m["source"],
+                json!(format!("/var/lib/skerry/t1/app/etc/{f}"))
+            );
+        }
+    }
+
+    #[test]
+    fn hostname_and_network_modes() {
+        assert_eq!(
+            one(json!({"hostname": "web"})).json()["hostname"],
+            json!("web")
+        );
+
+        let mut host = Case::new(task_with(
+            json!({"networkMode": "host"}),
+            json!([{"name": "app", "image": "img"}]),
+        ));
+        host.netns = NetNs::Host;
+        host.etc_dir = Some(PathBuf::from("/e"));
+        let s = host.json();
+        assert!(s.get("hostname").is_none());
+        let types: Vec<String> = s["linux"]["namespaces"]
+            .as_array()
+            .expect("namespaces")
+            .iter()
+            .filter_map(|n| n["type"].as_str().map(str::to_string))
+            .collect();
+        assert_eq!(types, ["pid", "ipc", "uts", "mount"]);
+        assert!(mount_at(&s, "/etc/hostname").is_none());
+
+        let s = one(json!({"disableNetworking": true})).json();
+        assert_eq!(s["linux"]["namespaces"][4], json!({"type": "network"}));
+    }
+
+    #[test]
+    fn cgroup_resources() {
+        let s = one(json!({"memory": 256, "memoryReservation": 128, "cpu": 512})).json();
+        assert_eq!(
+            s["linux"]["resources"]["memory"],
+            json!({"limit": 256 * 1024 * 1024, "reservation": 128 * 1024 * 1024})
+        );
+        assert_eq!(s["linux"]["resources"]["cpu"], json!({"shares": 512}));
+        let s = one(json!({"cpu": 1})).json();
+        assert_eq!(s["linux"]["resources"]["cpu"], json!({"shares": 2}));
+        let s = one(json!({"cpu": 0})).json();
+        assert!(s["linux"]["resources"].get("cpu").is_none());
+    }
+
+    #[test]
+    fn init_wraps_the_process() {
+        let mut case = one(
+            json!({"linuxParameters": {"initProcessEnabled": true}, "command": ["sleep", "1"]}),
+        );
+        case.init = Some(PathBuf::from("/usr/libexec/skerry/init"));
+        let s = case.json();
+        assert_eq!(strs(&s["process"]["args"]), [INIT_PATH, "--", "sleep", "1"]);
+        let m = mount_at(&s, INIT_PATH).expect("init mount");
+        assert_eq!(m["source"], json!("/usr/libexec/skerry/init"));
+        assert!(strs(&m["options"]).contains(&"ro".to_string()));
+
+        case.init = None;
+        assert!(matches!(
+            case.build(),
+            Err(SpecError::InitMissing { container }) if container == "app"
+        ));
+    }
+
+    #[test]
+    fn etc_files_for_bridge_mode() {
+        let t = task(json!([{"name": "app", "image": "img", "hostname": "web",
+            "extraHosts": [{"hostname": "db", "ipAddress": "10.0.0.2"}]}]));
+        let host_resolv = "# generated\nnameserver 127.0.0.53\nnameserver 192.168.1.1\nsearch lan\noptions edns0\n";
+        let f = etc_files(&t, &t.container_definitions[0], host_resolv);
+        assert!(f.hosts.starts_with("127.0.0.1\tlocalhost\n"), "{}", f.hosts);
+        assert!(f.hosts.contains("10.0.0.2\tdb\n"), "{}", f.hosts);
+        assert!(f.hosts.contains("127.0.1.1\tweb\n"), "{}", f.hosts);
+        assert_eq!(f.hostname, "web\n");
+        assert_eq!(
+            f.resolv_conf,
+            "nameserver 192.168.1.1\nsearch lan\noptions edns0\n"
+        );
+
+        let only_loopback = "nameserver 127.0.0.53\nnameserver ::1\n";
+        let f = etc_files(&t, &t.container_definitions[0], only_loopback);
+        assert_eq!(f.resolv_conf, "nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
+    }
+
+    #[test]
+    fn etc_files_prefer_the_task_dns_settings() {
+        let t = task(json!([{"name": "app", "image": "img",
+            "dnsServers": ["10.0.0.53"], "dnsSearchDomains": ["corp.example"]}]));
+        let f = etc_files(
+            &t,
+            &t.container_definitions[0],
+            "nameserver 192.168.1.1\nsearch lan\n",
+        );
+        assert_eq!(f.resolv_conf, "nameserver 10.0.0.53\nsearch corp.example\n");
+        assert_eq!(f.hostname, "app\n");
+    }
+
+    #[test]
+    fn etc_files_in_host_mode_keep_the_hosts_resolver() {
+        let t = task_with(
+            json!({"networkMode": "host"}),
+            json!([{"name": "app", "image": "img"}]),
+        );
+        let host_resolv = "nameserver 127.0.0.53\n";
+        let f = etc_files(&t, &t.container_definitions[0], host_resolv);
+        assert_eq!(f.resolv_conf, host_resolv);
+        assert_eq!(f.hostname, "");
+        assert!(!f.hosts.contains("127.0.1.1"), "{}", f.hosts);
+    }
+}

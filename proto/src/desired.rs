@@ -1,11 +1,11 @@
 //! The desired-state document: what the hub wants a device to run. The hub sends it whole and
 //! the agent persists it; `generation` orders documents so an older one never wins.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::taskdef::{self, TaskDefError, TaskDefinition};
+use crate::taskdef::{self, NetworkMode, Protocol, TaskDefError, TaskDefinition};
 
 /// A desired-state error: JSON path (from the document root) and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -62,7 +62,26 @@ fn valid_task_id(id: &str) -> bool {
         && id != ".."
 }
 
+/// Whether `id` is a valid containerd identifier: at most 76 characters, letters and digits
+/// in runs separated by single '.', '_' or '-'.
+pub fn is_containerd_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    let sep = |c: u8| matches!(c, b'.' | b'_' | b'-');
+    !b.is_empty()
+        && b.len() <= 76
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || sep(*c))
+        && !sep(b[0])
+        && !sep(b[b.len() - 1])
+        && !b.windows(2).any(|w| sep(w[0]) && sep(w[1]))
+}
+
 impl DesiredTask {
+    /// The containerd container id of one of the task's containers: `<task_id>-<name>`.
+    /// Validated by [`DesiredState::parse`] to be a valid containerd id for every container.
+    pub fn container_id(&self, container_name: &str) -> String {
+        format!("{}-{container_name}", self.task_id())
+    }
+
     /// The last `/`-separated segment of the task ARN; containerd ids are built from it as
     /// `<task_id>-<container name>`.
     pub fn task_id(&self) -> &str {
@@ -72,7 +91,8 @@ impl DesiredTask {
 
 impl DesiredState {
     /// Parses and validates a desired-state document: every task definition, unique task
-    /// ARNs, and task ids usable as containerd ids.
+    /// ARNs and ids, containerd-valid container ids, and no host port held by two running
+    /// tasks.
     pub fn parse(json: &str) -> Result<DesiredState, DesiredError> {
         let state: DesiredState = taskdef::from_json(json)?;
         state.validate()?;
@@ -80,6 +100,8 @@ impl DesiredState {
     }
 
     pub fn validate(&self) -> Result<(), DesiredError> {
+        // Host ports are a device-wide resource: two running tasks cannot both hold one.
+        let mut host_ports: HashMap<(u16, Protocol), String> = HashMap::new();
         let mut arns = HashSet::new();
         let mut ids = HashSet::new();
         for (i, t) in self.tasks.iter().enumerate() {
@@ -117,6 +139,50 @@ impl DesiredState {
                 },
                 message: e.message,
             })?;
+            let host_mode = t.task_definition.network_mode() == NetworkMode::Host;
+            for (j, cd) in t.task_definition.container_definitions.iter().enumerate() {
+                if t.desired_status != DesiredStatus::Running {
+                    break;
+                }
+                for (k, pm) in cd.port_mappings.iter().flatten().enumerate() {
+                    let (port, field) = if host_mode {
+                        (Some(pm.container_port()), "containerPort")
+                    } else {
+                        (pm.fixed_host_port(), "hostPort")
+                    };
+                    let Some(port) = port else { continue };
+                    let path = format!(
+                        "tasks[{i}].taskDefinition.containerDefinitions[{j}].portMappings[{k}].{field}"
+                    );
+                    if let Some(first) = host_ports.get(&(port, pm.protocol())) {
+                        if !first.starts_with(&format!("tasks[{i}].")) {
+                            return Err(DesiredError {
+                                path,
+                                message: format!(
+                                    "host port {port}/{} is already taken by {first}; two running \
+                                     tasks on one device cannot share a host port",
+                                    pm.protocol().as_str()
+                                ),
+                            });
+                        }
+                    } else {
+                        host_ports.insert((port, pm.protocol()), path);
+                    }
+                }
+            }
+            for (j, cd) in t.task_definition.container_definitions.iter().enumerate() {
+                let id = t.container_id(&cd.name);
+                if !is_containerd_id(&id) {
+                    return Err(DesiredError {
+                        path: format!("tasks[{i}].taskDefinition.containerDefinitions[{j}].name"),
+                        message: format!(
+                            "the container id {id:?} (task id, '-', container name) is not valid \
+                             for containerd: at most 76 characters, no leading, trailing or \
+                             doubled '.', '_' or '-'; shorten or rename the container"
+                        ),
+                    });
+                }
+            }
         }
         Ok(())
     }

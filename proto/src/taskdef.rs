@@ -794,7 +794,7 @@ fn valid_name(s: &str, max: usize) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-/// Collects errors; validation stops at the first, but the helpers read better this way.
+/// Collects every error found; [`TaskDefinition::validate`] reports the first.
 struct Check {
     errors: Vec<TaskDefError>,
 }
@@ -844,12 +844,17 @@ impl TaskDefinition {
 
     /// Checks everything Skerry needs before it can run the task; the first problem found.
     pub fn validate(&self) -> Result<(), TaskDefError> {
-        let mut c = Check { errors: Vec::new() };
-        self.check(&mut c);
-        match c.errors.into_iter().next() {
+        match self.errors().into_iter().next() {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// Every problem [`Self::validate`] would find, in document order (task level first).
+    pub fn errors(&self) -> Vec<TaskDefError> {
+        let mut c = Check { errors: Vec::new() };
+        self.check(&mut c);
+        c.errors
     }
 
     fn check(&self, c: &mut Check) {
@@ -891,7 +896,12 @@ impl TaskDefinition {
             }
         }
         if let Some(cpu) = &self.cpu {
-            if cpu.as_cpu_units().is_none_or(|u| u == 0) {
+            if let Some(units) = cpu.as_cpu_units().filter(|u| !(128..=196_608).contains(u)) {
+                c.fail(
+                    "cpu",
+                    format!("{units} CPU units is out of range: use 128 (0.125 vCPU) to 196608"),
+                );
+            } else if cpu.as_cpu_units().is_none() {
                 c.fail(
                     "cpu",
                     format!(

@@ -1,7 +1,7 @@
 //! The desired-state document and the task reports, through the public API.
 
 use serde_json::json;
-use skerry_proto::desired::{DesiredState, DesiredStatus};
+use skerry_proto::desired::{is_containerd_id, DesiredState, DesiredStatus};
 use skerry_proto::status::{ContainerReport, HealthStatus, NetworkBinding, TaskReport, TaskStatus};
 use skerry_proto::taskdef::Protocol;
 
@@ -173,4 +173,63 @@ fn lifecycle_names_are_ecs_caps() {
         serde_json::to_value(HealthStatus::Unhealthy).expect("serializes"),
         json!("UNHEALTHY")
     );
+}
+
+#[test]
+fn container_ids_must_suit_containerd() {
+    let s = DesiredState::parse(&doc(json!([
+        {"taskArn": "arn:aws:ecs:r:1:task/c/0123456789abcdef0123456789abcdef", "taskDefinition": taskdef(), "desiredStatus": "RUNNING"}
+    ])))
+    .expect("valid");
+    assert_eq!(
+        s.tasks[0].container_id("nginx"),
+        "0123456789abcdef0123456789abcdef-nginx"
+    );
+
+    let mut td = taskdef();
+    td["containerDefinitions"][0]["name"] = json!("_nginx");
+    let e = DesiredState::parse(&doc(json!([
+        {"taskArn": "t1", "taskDefinition": td, "desiredStatus": "RUNNING"}
+    ])))
+    .expect_err("doubled separator");
+    assert_eq!(
+        e.path,
+        "tasks[0].taskDefinition.containerDefinitions[0].name"
+    );
+
+    let mut td = taskdef();
+    td["containerDefinitions"][0]["name"] = json!("n".repeat(70));
+    let e = DesiredState::parse(&doc(json!([
+        {"taskArn": "t1234567", "taskDefinition": td, "desiredStatus": "RUNNING"}
+    ])))
+    .expect_err("too long");
+    assert_eq!(
+        e.path,
+        "tasks[0].taskDefinition.containerDefinitions[0].name"
+    );
+    assert!(e.message.contains("76"), "{e}");
+
+    assert!(is_containerd_id("a.b_c-d"));
+    assert!(!is_containerd_id("a..b"));
+    assert!(!is_containerd_id("a-"));
+    assert!(!is_containerd_id(""));
+}
+
+#[test]
+fn running_tasks_cannot_share_a_host_port() {
+    let web = json!({
+        "family": "web",
+        "containerDefinitions": [{"name": "web", "image": "nginx", "memory": 64,
+            "portMappings": [{"containerPort": 80, "hostPort": 8080}]}]
+    });
+    let task = |arn: &str, status: &str| json!({"taskArn": arn, "taskDefinition": web, "desiredStatus": status});
+    let e = DesiredState::parse(&doc(json!([task("a", "RUNNING"), task("b", "RUNNING")])))
+        .expect_err("port clash");
+    assert_eq!(
+        e.path,
+        "tasks[1].taskDefinition.containerDefinitions[0].portMappings[0].hostPort"
+    );
+    assert!(e.message.contains("tasks[0]."), "{e}");
+    // A task being stopped does not hold its ports in the desired state.
+    assert!(DesiredState::parse(&doc(json!([task("a", "RUNNING"), task("b", "STOPPED")]))).is_ok());
 }

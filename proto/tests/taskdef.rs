@@ -158,7 +158,7 @@ fn every_field_group_parses() {
                 {"sourceVolume": "cache", "containerPath": "/cache"}
             ],
             "volumesFrom": [],
-            "workingDirectory": "/work",
+            "workingDirectory": "/srv/app",
             "user": "nobody:nogroup",
             "readonlyRootFilesystem": true,
             "privileged": false,
@@ -390,7 +390,9 @@ fn rejects_compatibilities() {
 #[test]
 fn rejects_unreadable_sizes() {
     reject(with("/cpu", json!("lots")), "cpu", "cannot read");
-    reject(with("/cpu", json!("0")), "cpu", "cannot read");
+    reject(with("/cpu", json!("0")), "cpu", "out of range");
+    reject(with("/cpu", json!("64")), "cpu", "out of range");
+    reject(with("/cpu", json!("200 vCPU")), "cpu", "out of range");
     reject(with("/memory", json!("1 TB")), "memory", "cannot read");
     reject(with("/memory", json!(true)), "memory", "invalid type");
 }
@@ -1187,4 +1189,13 @@ fn rejects_dependency_cycles() {
         json!([{"containerName": "sidecar", "condition": "START"}, {"containerName": "third", "condition": "START"}]),
     );
     assert!(parse(&v).is_ok());
+}
+
+#[test]
+fn errors_lists_every_problem() {
+    let mut v = with("/family", json!("bad family"));
+    set(&mut v, &format!("{C1}/image"), json!(""));
+    let td: TaskDefinition = serde_json::from_value(v).expect("well-formed");
+    let paths: Vec<String> = td.errors().into_iter().map(|e| e.path).collect();
+    assert_eq!(paths, ["family", "containerDefinitions[1].image"]);
 }
