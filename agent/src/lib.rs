@@ -3,5 +3,7 @@
 //!
 //! # Layout
 //! - `runtime`: the containerd connection, scoped to the agent's namespace.
+//! - `image`: client-side pulls and OCI archive imports into containerd, unpacked for use.
 
+pub mod image;
 pub mod runtime;
