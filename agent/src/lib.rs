@@ -5,6 +5,7 @@
 //! - `config`: the agent's TOML configuration, validated before anything starts.
 //! - `store`: the crash-safe state (desired document, task records) in redb.
 //! - `runtime`: the containerd connection and container/process calls.
+//! - `image`: client-side registry pulls and OCI archive imports into containerd.
 //! - `spec`: the OCI runtime spec for one container of a task definition.
 //! - `network`: network namespaces and the CNI plugin chain (bridge, portmap, loopback).
 //! - `logs`: the shim's log driver (rotated files) and reading them back.
