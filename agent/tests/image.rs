@@ -11,8 +11,9 @@ use std::time::Duration;
 use containerd_client::services::v1::snapshots::{RemoveSnapshotRequest, ViewSnapshotRequest};
 use containerd_client::services::v1::{
     DeleteImageRequest, GetImageRequest, InfoRequest, ListRequest, ListResourcesRequest,
+    ListStatusesRequest,
 };
-use skerry_agent::image::{ImageConfig, ImageError, ImageInfo, ImageStore, Platform};
+use skerry_agent::image::{Credentials, ImageConfig, ImageError, ImageInfo, ImageStore, Platform};
 use skerry_agent::runtime::{Containerd, SNAPSHOTTER};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -221,8 +222,20 @@ struct ProxyOptions {
     cut_blob_after: Option<usize>,
     /// Hold the cut response open until released.
     stall: Option<Arc<Stall>>,
-    /// Demand this bearer token, handed out by the proxy's own /token endpoint.
-    token: Option<String>,
+    auth: ProxyAuth,
+    /// Forward requests without their Range header, like a registry that ignores it.
+    strip_range: bool,
+}
+
+#[derive(Default)]
+enum ProxyAuth {
+    #[default]
+    Open,
+    /// Demand this bearer token, handed out (or, if `refuse`, refused) by the proxy's own
+    /// /token endpoint.
+    Bearer { token: String, refuse: bool },
+    /// Demand this `Authorization: Basic` value.
+    Basic { authorization: String },
 }
 
 #[derive(Default)]
@@ -321,31 +334,60 @@ async fn proxy_one(
         .unwrap_or_default()
         .to_string();
 
-    if let Some(token) = &opts.token {
-        if path.starts_with("/token") {
-            log.token_requests
-                .lock()
-                .expect("log lock")
-                .push(path.clone());
-            let body = format!("{{\"token\":\"{token}\"}}");
-            let resp = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            return client.write_all(resp.as_bytes()).await;
+    let reply = |status: &str, extra: &str, body: &str| {
+        format!(
+            "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    match &opts.auth {
+        ProxyAuth::Open => {}
+        ProxyAuth::Bearer { token, refuse } => {
+            if path.starts_with("/token") {
+                let with_credentials = has("authorization").is_some();
+                log.token_requests
+                    .lock()
+                    .expect("log lock")
+                    .push(format!("{path} credentials={with_credentials}"));
+                let resp = if *refuse {
+                    reply(
+                        "401 Unauthorized",
+                        "",
+                        r#"{"details":"incorrect username or password"}"#,
+                    )
+                } else {
+                    reply(
+                        "200 OK",
+                        "Content-Type: application/json\r\n",
+                        &format!("{{\"token\":\"{token}\"}}"),
+                    )
+                };
+                return client.write_all(resp.as_bytes()).await;
+            }
+            if has("authorization").as_deref() != Some(&format!("Bearer {token}")) {
+                let challenge = format!(
+                    "Www-Authenticate: Bearer realm=\"http://{me}/token\",service=\"skerry-test\",scope=\"repository:busybox:pull\"\r\n"
+                );
+                let resp = reply("401 Unauthorized", &challenge, "");
+                return client.write_all(resp.as_bytes()).await;
+            }
         }
-        if has("authorization").as_deref() != Some(&format!("Bearer {token}")) {
-            let resp = format!(
-                "HTTP/1.1 401 Unauthorized\r\nWww-Authenticate: Bearer realm=\"http://{me}/token\",service=\"skerry-test\",scope=\"repository:busybox:pull\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            );
-            return client.write_all(resp.as_bytes()).await;
+        ProxyAuth::Basic { authorization } => {
+            if has("authorization").as_deref() != Some(authorization) {
+                let challenge = "Www-Authenticate: Basic realm=\"skerry-test\"\r\n";
+                let resp = reply("401 Unauthorized", challenge, "");
+                return client.write_all(resp.as_bytes()).await;
+            }
         }
     }
 
     let mut upstream_conn = TcpStream::connect(upstream).await?;
     let mut rewritten = format!("{request_line}\r\n");
     for h in &headers {
-        if !h.to_ascii_lowercase().starts_with("connection:") {
+        let lower = h.to_ascii_lowercase();
+        let dropped =
+            lower.starts_with("connection:") || (opts.strip_range && lower.starts_with("range:"));
+        if !dropped {
             rewritten.push_str(h);
             rewritten.push_str("\r\n");
         }
@@ -663,7 +705,10 @@ async fn bearer_token_flow_is_answered() {
     let proxy = Proxy::start(
         &env.registry,
         ProxyOptions {
-            token: Some("t0ken".into()),
+            auth: ProxyAuth::Bearer {
+                token: "t0ken".into(),
+                refuse: false,
+            },
             ..Default::default()
         },
     )
@@ -761,4 +806,198 @@ async fn garbage_collection_keeps_a_pulled_image() {
         }))
         .await;
     assert!(gone.is_err(), "layer collected after the image is deleted");
+}
+
+#[tokio::test]
+async fn registry_ignoring_range_restarts_the_blob_from_zero() {
+    let env = env();
+    let cd = connect(&env, "norange").await;
+    let store = image_store(&cd);
+    let repo = push_unique_image(&env).await;
+    let proxy = Proxy::start(
+        &env.registry,
+        ProxyOptions {
+            cut_blob_after: Some(300_000),
+            strip_range: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let name = format!("{}/{repo}:latest", proxy.host());
+    // Appending the full body after the part already held would overrun the blob's size.
+    let info = store
+        .ensure(&name, false)
+        .await
+        .expect("pull from a registry that answers Range with 200");
+    assert!(proxy.log.cut.load(Ordering::SeqCst), "the proxy cut a blob");
+    assert!(
+        proxy.log.range_requests.load(Ordering::SeqCst) >= 1,
+        "the client asked for a range"
+    );
+    assert_rootfs_has(&cd, &info.chain_id, "data/random").await;
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn pull_interrupted_by_a_crash_resumes_from_what_containerd_holds() {
+    let env = env();
+    let cd = connect(&env, "crash").await;
+    let repo = push_unique_image(&env).await;
+    let stall = Arc::new(Stall::default());
+    let first = Proxy::start(
+        &env.registry,
+        ProxyOptions {
+            cut_blob_after: Some(400_000),
+            stall: Some(stall.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let pull = {
+        let store = image_store(&cd);
+        let name = format!("{}/{repo}:latest", first.host());
+        tokio::spawn(async move { store.ensure(&name, false).await })
+    };
+    tokio::time::timeout(Duration::from_secs(60), stall.stalled.notified())
+        .await
+        .expect("the layer download reaches the stall");
+    // Wait (bounded) until containerd holds part of the layer.
+    let mut held = 0;
+    for _ in 0..200 {
+        held = cd
+            .content()
+            .list_statuses(cd.request(ListStatusesRequest::default()))
+            .await
+            .expect("list ingests")
+            .into_inner()
+            .statuses
+            .iter()
+            .map(|s| s.offset)
+            .max()
+            .unwrap_or(0);
+        if held > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        held > 0,
+        "containerd holds part of the download before the crash"
+    );
+    // The agent dies mid-download: its streams to containerd and the registry drop.
+    pull.abort();
+    let _ = pull.await;
+    stall.release.notify_one();
+    first.stop().await;
+
+    let second = Proxy::start(&env.registry, ProxyOptions::default()).await;
+    let name = format!("{}/{repo}:latest", second.host());
+    let info = image_store(&cd)
+        .ensure(&name, false)
+        .await
+        .expect("pull after the crash");
+    let requests = second.log.requests.lock().expect("log lock").clone();
+    assert!(
+        second.log.range_requests.load(Ordering::SeqCst) >= 1,
+        "the new pull continued the old download: {requests:?}"
+    );
+    assert_rootfs_has(&cd, &info.chain_id, "data/random").await;
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn basic_credentials_from_the_config_are_sent() {
+    let env = env();
+    let cd = connect(&env, "basic").await;
+    let proxy = Proxy::start(
+        &env.registry,
+        ProxyOptions {
+            // base64("u:p")
+            auth: ProxyAuth::Basic {
+                authorization: "Basic dTpw".into(),
+            },
+            ..Default::default()
+        },
+    )
+    .await;
+    let name = format!("{}/busybox:docker", proxy.host());
+
+    let err = image_store(&cd)
+        .ensure(&name, false)
+        .await
+        .expect_err("no credentials configured");
+    assert!(matches!(err, ImageError::AuthRefused { .. }), "{err}");
+    assert!(
+        err.to_string().contains("auths"),
+        "says where credentials go: {err}"
+    );
+
+    let config = ImageConfig {
+        auths: HashMap::from([(
+            proxy.host(),
+            Credentials {
+                username: "u".into(),
+                password: "p".into(),
+            },
+        )]),
+        ..Default::default()
+    };
+    let store = ImageStore::new(cd.clone(), config).expect("image store");
+    let info = store
+        .ensure(&name, false)
+        .await
+        .expect("pull with credentials");
+    assert_rootfs_has_busybox(&cd, &info.chain_id).await;
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn refused_token_is_an_auth_error_naming_the_registry() {
+    let env = env();
+    let cd = connect(&env, "refused").await;
+    let proxy = Proxy::start(
+        &env.registry,
+        ProxyOptions {
+            auth: ProxyAuth::Bearer {
+                token: "t0ken".into(),
+                refuse: true,
+            },
+            ..Default::default()
+        },
+    )
+    .await;
+    let name = format!("{}/busybox:latest", proxy.host());
+    let err = image_store(&cd)
+        .ensure(&name, false)
+        .await
+        .expect_err("token refused");
+    assert!(matches!(err, ImageError::AuthRefused { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains(&name) && msg.contains(&proxy.host()), "{msg}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn lost_snapshots_are_unpacked_again_without_the_registry() {
+    let env = env();
+    let cd = connect(&env, "reunpack").await;
+    let store = image_store(&cd);
+    let proxy = Proxy::start(&env.registry, ProxyOptions::default()).await;
+    let name = format!("{}/busybox:docker", proxy.host());
+    let info = store.ensure(&name, false).await.expect("pull");
+    proxy.stop().await;
+
+    cd.snapshots()
+        .remove(cd.request(RemoveSnapshotRequest {
+            snapshotter: SNAPSHOTTER.to_string(),
+            key: info.chain_id.clone(),
+        }))
+        .await
+        .expect("remove the image's snapshot");
+    let again = store
+        .ensure(&name, false)
+        .await
+        .expect("unpacked again from local content");
+    assert_eq!(again.chain_id, info.chain_id);
+    assert_rootfs_has_busybox(&cd, &again.chain_id).await;
 }
