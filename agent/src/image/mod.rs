@@ -668,6 +668,10 @@ impl ImageStore {
             let mut body = match self.registry.blob(r, &layer.digest, from).await {
                 Ok(b) => b,
                 Err(e) => {
+                    // A range answered from the wrong offset: the next attempt asks for all.
+                    if matches!(e, ImageError::Transfer { .. }) {
+                        w.rewind();
+                    }
                     *writer = Some(w);
                     return Err(e);
                 }
@@ -948,6 +952,14 @@ mod tests {
             password: "hunter2".into(),
         };
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    /// Compiles only while the public futures are `Send`: the agent spawns them.
+    #[allow(dead_code)]
+    fn futures_are_send(store: &'static ImageStore) {
+        fn spawnable<T: Send + 'static>(_: T) {}
+        spawnable(store.ensure("busybox", false));
+        spawnable(store.import_archive(Path::new("busybox.tar")));
     }
 
     #[test]
