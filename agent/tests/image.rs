@@ -80,18 +80,39 @@ async fn ctr_run_true(env: &Env, cd: &Containerd, image: &str) {
     );
 }
 
-/// Pushes an image no other test has (one layer holding `data/random`, 512 KiB of random
-/// bytes), so its blobs are new to containerd, whose content store is shared by all
-/// namespaces. Returns the repository name.
+/// Pushes an image no other test has, so its blobs are new to containerd, whose content
+/// store is shared by all namespaces. Returns the repository name.
 async fn push_unique_image(env: &Env) -> String {
+    let repo = format!("unique-{:08x}", rand::random::<u32>());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let layout = dir.path().join("layout");
+    write_unique_layout(
+        &layout,
+        serde_json::json!({"org.opencontainers.image.ref.name": "latest"}),
+    );
+    let out = tokio::process::Command::new("skopeo")
+        .args(["copy", "-q", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:latest", layout.display()))
+        .arg(format!("docker://{}/{repo}:latest", env.registry))
+        .output()
+        .await
+        .expect("run skopeo");
+    assert!(
+        out.status.success(),
+        "skopeo push failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    repo
+}
+
+/// Writes an OCI layout of a new image (one layer holding `data/random`, 512 KiB of
+/// random bytes) whose index entry carries `annotations`.
+fn write_unique_layout(layout: &Path, annotations: serde_json::Value) {
     use flate2::write::GzEncoder;
     use rand::RngCore;
     use sha2::{Digest, Sha256};
     use std::io::Write;
 
-    let repo = format!("unique-{:08x}", rand::random::<u32>());
-    let dir = tempfile::tempdir().expect("temp dir");
-    let layout = dir.path().join("layout");
     std::fs::create_dir_all(layout.join("blobs/sha256")).expect("layout dir");
     let sha = |b: &[u8]| format!("sha256:{}", hex::encode(Sha256::digest(b)));
     let put = |b: &[u8]| {
@@ -135,7 +156,7 @@ async fn push_unique_image(env: &Env) -> String {
         "schemaVersion": 2,
         "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
                        "digest": manifest_digest, "size": manifest.len(),
-                       "annotations": {"org.opencontainers.image.ref.name": "latest"}}],
+                       "annotations": annotations}],
     });
     std::fs::write(layout.join("index.json"), index.to_string()).expect("index.json");
     std::fs::write(
@@ -143,19 +164,6 @@ async fn push_unique_image(env: &Env) -> String {
         r#"{"imageLayoutVersion":"1.0.0"}"#,
     )
     .expect("oci-layout");
-    let out = tokio::process::Command::new("skopeo")
-        .args(["copy", "-q", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:latest", layout.display()))
-        .arg(format!("docker://{}/{repo}:latest", env.registry))
-        .output()
-        .await
-        .expect("run skopeo");
-    assert!(
-        out.status.success(),
-        "skopeo push failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    repo
 }
 
 /// Views the image's top snapshot and checks `file` is in the rootfs.
@@ -1000,4 +1008,150 @@ async fn lost_snapshots_are_unpacked_again_without_the_registry() {
         .expect("unpacked again from local content");
     assert_eq!(again.chain_id, info.chain_id);
     assert_rootfs_has_busybox(&cd, &again.chain_id).await;
+}
+
+#[tokio::test]
+async fn import_of_a_gzipped_archive_streams_new_blobs_in() {
+    let env = env();
+    let cd = connect(&env, "import-gz").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let layout = dir.path().join("layout");
+    let name = "registry.example:5000/skerry/preloaded:1";
+    write_unique_layout(
+        &layout,
+        serde_json::json!({"io.containerd.image.name": name,
+        "org.opencontainers.image.ref.name": "1"}),
+    );
+    let archive = dir.path().join("preloaded.tar.gz");
+    {
+        let file = std::fs::File::create(&archive).expect("create archive");
+        let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        tar.append_dir_all(".", &layout).expect("tar the layout");
+        tar.into_inner()
+            .expect("finish tar")
+            .finish()
+            .expect("finish gzip");
+    }
+    let infos = image_store(&cd)
+        .import_archive(&archive)
+        .await
+        .expect("import the gzipped archive");
+    assert_eq!(infos.len(), 1);
+    assert_eq!(infos[0].name, name);
+    assert_rootfs_has(&cd, &infos[0].chain_id, "data/random").await;
+    let labels = labels_of(&cd, &infos[0].manifest_digest).await;
+    assert!(
+        labels.contains_key("containerd.io/gc.ref.content.l.0"),
+        "{labels:?}"
+    );
+}
+
+#[tokio::test]
+async fn import_of_a_layout_directory() {
+    let env = env();
+    let cd = connect(&env, "import-dir").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let layout = dir.path().join("layout");
+    write_unique_layout(
+        &layout,
+        serde_json::json!({"org.opencontainers.image.ref.name": "skerry/dir:2"}),
+    );
+    let infos = image_store(&cd)
+        .import_archive(&layout)
+        .await
+        .expect("import the layout directory");
+    assert_eq!(infos.len(), 1);
+    assert_eq!(infos[0].name, "docker.io/skerry/dir:2");
+    assert_rootfs_has(&cd, &infos[0].chain_id, "data/random").await;
+}
+
+#[tokio::test]
+async fn import_skips_bare_tag_names_and_says_what_it_needs() {
+    let env = env();
+    let cd = connect(&env, "import-tags").await;
+    // test-images' own layout names its entries "latest" and "host": tags, no repository.
+    let err = image_store(&cd)
+        .import_archive(&env.images.join("layout"))
+        .await
+        .expect_err("no usable names");
+    assert!(matches!(err, ImageError::Archive { .. }), "{err}");
+    assert!(
+        err.to_string().contains("io.containerd.image.name"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn import_of_a_docker_archive_says_how_to_convert_it() {
+    let env = env();
+    let cd = connect(&env, "import-docker").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let archive = dir.path().join("docker.tar");
+    {
+        let mut tar = tar::Builder::new(std::fs::File::create(&archive).expect("create"));
+        let body = br#"[{"Config":"c.json","RepoTags":["busybox:latest"],"Layers":[]}]"#;
+        let mut header = tar::Header::new_gnu();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, "manifest.json", &body[..])
+            .expect("tar entry");
+        tar.finish().expect("finish tar");
+    }
+    let err = image_store(&cd)
+        .import_archive(&archive)
+        .await
+        .expect_err("docker-archive");
+    assert!(
+        err.to_string().contains("skopeo copy docker-archive:"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn pull_of_a_docker_manifest_list_picks_the_host_platform() {
+    let env = env();
+    let cd = connect(&env, "list").await;
+    let repo = format!("list-{:08x}", rand::random::<u32>());
+    let out = tokio::process::Command::new("skopeo")
+        .args([
+            "copy",
+            "-q",
+            "--all",
+            "--format",
+            "v2s2",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+        ])
+        .arg(format!("docker://{}/busybox:latest", env.registry))
+        .arg(format!("docker://{}/{repo}:latest", env.registry))
+        .output()
+        .await
+        .expect("run skopeo");
+    assert!(
+        out.status.success(),
+        "skopeo copy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let name = format!("{}/{repo}:latest", env.registry);
+    let info = image_store(&cd)
+        .ensure(&name, false)
+        .await
+        .expect("pull the list");
+    check_busybox(&info, &name);
+    let target = cd
+        .images()
+        .get(cd.request(GetImageRequest { name: name.clone() }))
+        .await
+        .expect("image record")
+        .into_inner()
+        .image
+        .and_then(|i| i.target)
+        .expect("target");
+    assert_eq!(
+        target.media_type,
+        "application/vnd.docker.distribution.manifest.list.v2+json"
+    );
+    assert_rootfs_has_busybox(&cd, &info.chain_id).await;
 }
