@@ -29,7 +29,6 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
 use oci_spec::image::ImageConfiguration;
 
 pub use manifest::Platform;
@@ -439,11 +438,20 @@ impl ImageStore {
         let chains = chain_ids(&diff_ids);
         let chain_id = chains.last().cloned().unwrap_or_default();
 
-        futures::stream::iter(manifest.layers.iter().zip(&diff_ids))
-            .map(|(layer, diff_id)| self.ensure_layer(job, layer, diff_id))
-            .buffer_unordered(PARALLEL_LAYERS)
-            .try_collect::<Vec<()>>()
-            .await?;
+        // A plain loop and a semaphore rather than a stream combinator: rustc cannot prove
+        // a `buffer_unordered` over borrowing closures `Send`, and callers spawn `ensure`.
+        let slots = tokio::sync::Semaphore::new(PARALLEL_LAYERS);
+        let mut downloads = Vec::with_capacity(manifest.layers.len());
+        for (layer, diff_id) in manifest.layers.iter().zip(&diff_ids) {
+            let slots = &slots;
+            downloads.push(async move {
+                let _slot = slots.acquire().await.map_err(|_| {
+                    self.invalid(job, &layer.digest, "download slots closed".into())
+                })?;
+                self.ensure_layer(job, layer, diff_id).await
+            });
+        }
+        futures::future::try_join_all(downloads).await?;
 
         // Labels tie image -> index -> manifest -> config/layers -> snapshot for the
         // collector, so all of it survives once the lease is deleted.
@@ -660,6 +668,10 @@ impl ImageStore {
             let mut body = match self.registry.blob(r, &layer.digest, from).await {
                 Ok(b) => b,
                 Err(e) => {
+                    // A range answered from the wrong offset: the next attempt asks for all.
+                    if matches!(e, ImageError::Transfer { .. }) {
+                        w.rewind();
+                    }
                     *writer = Some(w);
                     return Err(e);
                 }
@@ -940,6 +952,14 @@ mod tests {
             password: "hunter2".into(),
         };
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    /// Compiles only while the public futures are `Send`: the agent spawns them.
+    #[allow(dead_code)]
+    fn futures_are_send(store: &'static ImageStore) {
+        fn spawnable<T: Send + 'static>(_: T) {}
+        spawnable(store.ensure("busybox", false));
+        spawnable(store.import_archive(Path::new("busybox.tar")));
     }
 
     #[test]

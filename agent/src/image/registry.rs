@@ -559,6 +559,42 @@ mod tests {
         assert_eq!(p["realm"], "Registry Realm");
     }
 
+    /// What rustls reports when a plain HTTP server answers its ClientHello must be read as
+    /// "this registry speaks plain HTTP", so the error can say how to allow it.
+    #[tokio::test]
+    async fn https_to_a_plain_http_server_is_recognized() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local address");
+        let server = tokio::spawn(async move {
+            if let Ok((mut c, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = c.read(&mut buf).await;
+                let _ = c
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        let registry = Registry::new(&ImageConfig::default()).expect("client");
+        let r = Reference::parse(&format!("{addr}/x")).expect("reference");
+        let url = format!("https://{addr}/v2/");
+        let err = registry
+            .http
+            .get(&url)
+            .send()
+            .await
+            .expect_err("a plain HTTP server does not speak TLS");
+        let mapped = registry.unreachable(&r, &url, err);
+        assert!(
+            matches!(mapped, ImageError::PlainHttpRefused { .. }),
+            "{mapped}"
+        );
+        assert!(mapped.to_string().contains("insecure"), "{mapped}");
+        server.abort();
+    }
+
     #[test]
     fn content_range_start_is_read() {
         assert_eq!(content_range_start("bytes 100-199/200"), Some(100));

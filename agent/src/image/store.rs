@@ -39,6 +39,17 @@ pub fn label_gc_snapshot() -> String {
     format!("containerd.io/gc.ref.snapshot.{SNAPSHOTTER}")
 }
 
+/// A request held by `lease`. containerd reads the lease from the `containerd-lease`
+/// header (Go: `leases.GRPCHeader`); `Containerd::request_leased` sets `containerd.lease`,
+/// which containerd ignores, so the header is added here too.
+fn leased<T>(cd: &Containerd, msg: T, lease: &str) -> tonic::Request<T> {
+    let mut req = cd.request_leased(msg, lease);
+    if let Ok(v) = lease.parse() {
+        req.metadata_mut().insert("containerd-lease", v);
+    }
+    req
+}
+
 pub async fn create_lease(cd: &Containerd, purpose: &str) -> Result<String, Status> {
     let id = format!("skerry-{purpose}-{:016x}", rand::random::<u64>());
     let expire = rfc3339(SystemTime::now() + LEASE_EXPIRY);
@@ -195,7 +206,7 @@ impl ContentWriter {
         // Queued before the call: the server answers headers only with its first reply.
         tx.try_send(stat)
             .map_err(|e| Status::internal(format!("queue stat for {ref}: {e}")))?;
-        let mut stream = match cd.content().write(cd.request_leased(rx, lease)).await {
+        let mut stream = match cd.content().write(leased(cd, rx, lease)).await {
             Ok(r) => r.into_inner(),
             Err(s) if s.code() == Code::AlreadyExists => return Ok(Opened::Exists),
             Err(s) => return Err(s),
@@ -359,7 +370,7 @@ pub async fn unpack_layer(
     };
     let mounts: Vec<Mount> = cd
         .snapshots()
-        .prepare(cd.request_leased(prepare, lease))
+        .prepare(leased(cd, prepare, lease))
         .await?
         .into_inner()
         .mounts;
@@ -404,7 +415,7 @@ async fn apply_and_commit(
     };
     let applied = cd
         .diff()
-        .apply(cd.request_leased(apply, lease))
+        .apply(leased(cd, apply, lease))
         .await?
         .into_inner()
         .applied
@@ -419,11 +430,7 @@ async fn apply_and_commit(
         key: key.to_string(),
         labels: HashMap::new(),
     };
-    match cd
-        .snapshots()
-        .commit(cd.request_leased(commit, lease))
-        .await
-    {
+    match cd.snapshots().commit(leased(cd, commit, lease)).await {
         Ok(_) => Ok(Unpacked::Done),
         // Another unpack of the same layer won the race; its snapshot is identical.
         Err(s) if s.code() == Code::AlreadyExists => Ok(Unpacked::Raced),
