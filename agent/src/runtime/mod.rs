@@ -81,7 +81,7 @@ impl Containerd {
     pub fn request_leased<T>(&self, msg: T, lease: &str) -> tonic::Request<T> {
         let mut req = self.request(msg);
         if let Ok(v) = lease.parse() {
-            req.metadata_mut().insert("containerd.lease", v);
+            req.metadata_mut().insert("containerd-lease", v);
         }
         req
     }
