@@ -213,22 +213,28 @@ impl Queue {
         self.count_fsyncs(1);
         self.count_written(written);
 
-        fs::rename(&tmp, &first.path).map_err(|e| OutboxError::io("rename", &tmp, e))?;
-        let dir = self.cfg.dir.clone();
-        segment::sync_dir(&dir).map_err(|e| OutboxError::io("fsync", &dir, e))?;
+        if let Err(e) = fs::rename(&tmp, &first.path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(OutboxError::io("rename", &tmp, e));
+        }
+        // From here the replacement is in place, whatever else fails.
         let replaced = Segment {
             start: first.start,
             path: first.path.clone(),
             len: written,
         };
-        for s in &inputs[1..] {
+        let leftovers: Vec<Segment> = self.segs.splice(..n_in, [replaced]).skip(1).collect();
+        self.pending = records;
+        self.rewind();
+        self.publish();
+        let dir = self.cfg.dir.clone();
+        segment::sync_dir(&dir).map_err(|e| OutboxError::io("fsync", &dir, e))?;
+        // Leftovers that fail to go now are removed by the next open (`covers_until`).
+        for s in &leftovers {
             fs::remove_file(&s.path).map_err(|e| OutboxError::io("remove", &s.path, e))?;
         }
         segment::sync_dir(&dir).map_err(|e| OutboxError::io("fsync", &dir, e))?;
         self.count_fsyncs(2);
-        self.segs.splice(..n_in, [replaced]);
-        self.pending = records;
-        self.rewind();
         let sh = &self.shared;
         sh.compactions.fetch_add(1, Ordering::Relaxed);
         sh.folded.fetch_add(folded, Ordering::Relaxed);

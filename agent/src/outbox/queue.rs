@@ -270,7 +270,7 @@ impl Queue {
                 continue;
             }
             let active_len = self.segs.last().map_or(HEADER, |s| s.len);
-            if active_len > HEADER
+            if (active_len > HEADER || !buf.is_empty())
                 && active_len + buf.len() as u64 + sizes[i] > self.cfg.segment_bytes
             {
                 let res = self
