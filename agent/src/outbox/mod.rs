@@ -7,18 +7,23 @@
 //!   commit); callers reach it through a bounded channel.
 //! - Crash safety: frames carry a length and a CRC32; open truncates a torn tail. Segments
 //!   are freed whole once acked; the ack position lives in a small file replaced by rename.
-//!   Acks are persisted lazily (within a second, before segments are deleted or rewritten,
-//!   and on close): a crash re-delivers, never loses.
+//!   Acks are persisted lazily (within a second, before a compaction, before segments are
+//!   deleted unless the disk is too full for it, and on close): a crash re-delivers, never
+//!   loses.
 //! - Sequence numbers are per outbox directory and strictly increase across restarts.
 //! - Bound (`max_bytes`): when an append would exceed it, the queue is compacted down to 3/4
 //!   of it, in this order until it fits: (1) `Metric` records dropped oldest first, (2)
 //!   `State` and `Event` records coalesced to the latest per key, (3) `Log` records dropped
 //!   oldest first. Dropped records leave one marker record ("dropped N lines"/"dropped N
-//!   metrics") in place of the newest one dropped. `State`/`Event` are never dropped; if they
-//!   alone fill the bound, `Metric`/`Log` appends fail with [`OutboxError::Full`] until acks
-//!   free space.
-//! - Accounting: every sequence number the outbox ever assigned is accounted for by
-//!   [`Record::covers`] of exactly one record in the queue (until acked). A record that
+//!   metrics") in place of the newest one dropped. `State`/`Event` are never dropped nor
+//!   refused: if they alone fill the bound they go beyond it, `Metric`/`Log` appends fail
+//!   with [`OutboxError::Full`] until acks free space, and compaction waits for another
+//!   quarter of the bound of growth before it tries again.
+//! - A full disk (ENOSPC) fails the appends of that group with [`OutboxError::DiskFull`]
+//!   naming the file; the partial write is cut off and the queue stays as it was. Compaction
+//!   needs room for its output, so keep `max_bytes` well under the partition's free space.
+//! - Accounting: every seq an append returned is accounted for by [`Record::covers`] of
+//!   exactly one record in the queue until that record is acked. A record that
 //!   replaces others lists them in `folded` (superseded by its payload) or `dropped`
 //!   (payload lost; a marker lists its own seq there too). A record already delivered and
 //!   then folded into a later one is reported again, so receivers must treat coverage as

@@ -275,18 +275,7 @@ impl Queue {
             {
                 let res = self
                     .commit(&mut buf, &mut in_buf, &mut results)
-                    .and_then(|()| {
-                        let start = self.next_seq;
-                        let dir = self.cfg.dir.clone();
-                        let (f, s) = segment::create(&dir, start).map_err(|e| {
-                            OutboxError::io("create", dir.join(segment::name(start)), e)
-                        })?;
-                        self.count_fsyncs(2);
-                        self.count_written(HEADER);
-                        self.active = f;
-                        self.segs.push(s);
-                        Ok(())
-                    });
+                    .and_then(|()| self.roll());
                 if let Err(e) = res {
                     results[i] = Some(Err(e.clone()));
                     failed = Some(e);
