@@ -407,13 +407,29 @@ async fn interrupted_compaction_leftovers_are_removed_on_open() {
     let compacted = ob.peek(usize::MAX).await.expect("peek");
     assert_eq!(compacted.len(), 2);
     ob.close().await;
-    // As if the crash came after the rename and before the deletions.
+    // As if the crash came after the rename and before the deletions, with the temp files
+    // of a later compaction and cursor write left half-done.
     for p in &old[1..] {
         fs::copy(saved.join(p.file_name().expect("name")), p).expect("restore segment");
+    }
+    let stray = [
+        tmp.path().join(format!("{}.tmp", segment::name(1))),
+        tmp.path().join("cursor.tmp"),
+    ];
+    for p in &stray {
+        fs::write(p, b"half written").expect("write stray temp file");
     }
     let ob = Outbox::open(c).await.expect("reopen");
     assert_eq!(ob.peek(usize::MAX).await.expect("peek"), compacted);
     assert_accounts_for(&compacted, &(1..=300).collect());
+    for p in &stray {
+        assert!(!p.exists(), "{} was not removed", p.display());
+    }
+    let on_disk: u64 = segments(tmp.path())
+        .iter()
+        .map(|p| fs::metadata(p).expect("stat").len())
+        .sum();
+    assert_eq!(ob.stats().bytes_on_disk, on_disk);
     ob.close().await;
 }
 
