@@ -10,6 +10,7 @@
 //! - `network`: network namespaces and the CNI plugin chain (bridge, portmap, loopback).
 //! - `logs`: the shim's log driver (rotated files) and reading them back.
 //! - `init`: the PID 1 for `initProcessEnabled` containers (this same binary).
+//! - `outbox`: the durable, ordered, bounded queue of messages for the hub.
 //! - `reconcile`: converges containerd to the desired state; one supervisor per task.
 //! - `control`: the root-only unix socket behind `apply`, `ps` and `logs`.
 
@@ -19,6 +20,7 @@ pub mod image;
 pub mod init;
 pub mod logs;
 pub mod network;
+pub mod outbox;
 pub mod reconcile;
 pub mod runtime;
 pub mod spec;
