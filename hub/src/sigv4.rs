@@ -2,6 +2,10 @@
 //! aws CLI and SDKs send. The hub recomputes the signature from the request as received and
 //! compares it with the one the client sent; it never needs the client's clock beyond the
 //! skew check.
+//!
+//! Not supported, because no aws CLI or SDK call to this API uses them: query-string
+//! (presigned) signatures, the `Date` header instead of `X-Amz-Date`, session tokens, and
+//! path normalisation (the JSON protocol always posts to `/`).
 
 use hmac::{Hmac, Mac};
 use hyper::header::HeaderMap;
