@@ -1,0 +1,21 @@
+//! skerry-hub: the control plane Skerry devices register with. It speaks the Amazon ECS
+//! (and SSM activation) JSON API, so the stock aws CLI drives it with `--endpoint-url`.
+//!
+//! # Layout
+//! - `config`: the TOML configuration, checked into [`config::Config`] at startup.
+//! - `server`: the HTTP listener, request handling and graceful shutdown.
+//! - `sigv4`: AWS Signature Version 4 verification of incoming requests.
+//! - `api`: the AWS JSON 1.1 protocol: operation dispatch and the error shape.
+//! - `ecs`: ECS operations: clusters and task definitions.
+//! - `ssm`: SSM activations, the credentials devices register with.
+//! - `taskdef`: the check a task definition passes before it is stored.
+//! - `store`: the fleet state in SQLite; all SQL lives here.
+
+pub mod api;
+pub mod config;
+pub mod ecs;
+pub mod server;
+pub mod sigv4;
+pub mod ssm;
+pub mod store;
+pub mod taskdef;

@@ -1,0 +1,296 @@
+//! The HTTP front: one POST `/` endpoint in the AWS JSON 1.1 protocol, SigV4-checked, over
+//! hyper's HTTP/1 connection driver. hyper rather than axum: there is a single route whose
+//! dispatch is a header, SigV4 needs the raw bytes and headers anyway, and owning the
+//! accept loop keeps the connection bound and the graceful drain explicit.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use rand::RngCore;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, Api, ApiError};
+use crate::config::Config;
+use crate::sigv4;
+use crate::store::{Store, StoreError};
+
+/// Open connections beyond this wait in the kernel's accept backlog.
+const MAX_CONNECTIONS: usize = 256;
+/// ECS caps a task definition at 64 KiB; a megabyte leaves room and bounds memory.
+const MAX_BODY: usize = 1 << 20;
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the listener's address: {0}")]
+    LocalAddr(#[source] std::io::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+struct State {
+    api: Api,
+    access_keys: HashMap<String, String>,
+}
+
+pub struct Server {
+    state: Arc<State>,
+    listener: TcpListener,
+    grace: Duration,
+}
+
+impl Server {
+    /// Opens the store and binds the listener; serving starts with [`Server::run`].
+    pub async fn bind(config: Config) -> Result<Self, ServeError> {
+        let store = Store::open(&config.data_dir)?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        Ok(Self {
+            state: Arc::new(State {
+                api: Api {
+                    store,
+                    region: config.region,
+                    account_id: config.account_id,
+                },
+                access_keys: config.access_keys,
+            }),
+            listener,
+            grace: config.shutdown_grace,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` is cancelled, then lets open requests finish for up to the
+    /// grace period.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let graceful = GracefulShutdown::new();
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            };
+            let (stream, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = self.listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let state = self.state.clone();
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(
+                    TokioIo::new(stream),
+                    service_fn(move |req| handle(state.clone(), req)),
+                );
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                drop(permit);
+            });
+        }
+        drop(self.listener);
+        tracing::info!(grace = ?self.grace, "shutting down; draining open requests");
+        tokio::select! {
+            _ = graceful.shutdown() => tracing::info!("all connections closed"),
+            _ = tokio::time::sleep(self.grace) => {
+                tracing::warn!("grace period over; dropping the remaining connections")
+            }
+        }
+    }
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+pub fn cancel_on_signals(token: CancellationToken) -> Result<(), ServeError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        token.cancel();
+    });
+    Ok(())
+}
+
+/// Runs the hub until SIGTERM/SIGINT. The first line on stdout is `listening on ADDR`, so a
+/// supervisor or test can use port 0 and learn the port.
+pub async fn run(config: Config) -> Result<(), ServeError> {
+    let server = Server::bind(config).await?;
+    let addr = server.local_addr().map_err(|source| ServeError::Bind {
+        addr: ([0, 0, 0, 0], 0).into(),
+        source,
+    })?;
+    let shutdown = CancellationToken::new();
+    cancel_on_signals(shutdown.clone())?;
+    tracing::info!(%addr, "skerry-hub listening");
+    let mut out = std::io::stdout().lock();
+    // stdout may be closed by the supervisor; the hub serves either way.
+    let _ = writeln!(out, "listening on {addr}").and_then(|()| out.flush());
+    drop(out);
+    server.run(shutdown).await;
+    Ok(())
+}
+
+fn now() -> Duration {
+    // A clock before 1970 is a broken host; treat it as the epoch and let SigV4 refuse.
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+fn new_request_id() -> String {
+    let mut b = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let request_id = new_request_id();
+    let target = req
+        .headers()
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let (status, body, error_type) = match respond(state, req).await {
+        Ok(v) => (StatusCode::OK, v.to_string().into_bytes(), None),
+        Err(e) => {
+            tracing::info!(%request_id, %target, code = e.code, detail = %e.message, "request refused");
+            let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
+            (status, e.body(), Some(e.code))
+        }
+    };
+    let mut resp = Response::builder()
+        .status(status)
+        .header(hyper::header::CONTENT_TYPE, api::CONTENT_TYPE)
+        .header("x-amzn-RequestId", &request_id);
+    if let Some(code) = error_type {
+        resp = resp.header("x-amzn-ErrorType", code);
+    }
+    Ok(resp
+        .body(Full::new(Bytes::from(body)))
+        .expect("status and headers are all valid constants or ASCII"))
+}
+
+async fn respond(state: Arc<State>, req: Request<Incoming>) -> Result<serde_json::Value, ApiError> {
+    if req.method() != Method::POST || req.uri().path() != "/" {
+        return Err(ApiError::new(
+            404,
+            "UnknownOperationException",
+            "this hub serves only POST / in the AWS JSON 1.1 protocol",
+        ));
+    }
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(ApiError::new(
+                413,
+                "RequestEntityTooLargeException",
+                format!("request body is over {MAX_BODY} bytes"),
+            ))
+        }
+        Err(e) => {
+            return Err(ApiError::bad_request(
+                "SerializationException",
+                format!("cannot read request body: {e}"),
+            ))
+        }
+    };
+    let now = now();
+    let signed = sigv4::Signed {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query().unwrap_or(""),
+        headers: &parts.headers,
+        body: &body,
+    };
+    let secret_for = |id: &str| state.access_keys.get(id).map(String::as_str);
+    let verified = sigv4::verify(&signed, secret_for, now.as_secs() as i64)
+        .map_err(|e| ApiError::new(403, e.aws_code(), e.to_string()))?;
+    let target = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let (service, operation) = api::parse_target(target).ok_or_else(|| {
+        ApiError::bad_request(
+            "UnknownOperationException",
+            format!("X-Amz-Target {target:?} names no ECS or SSM operation"),
+        )
+    })?;
+    let refuse = |m: String| ApiError::new(403, "InvalidSignatureException", m);
+    if verified.region != state.api.region {
+        return Err(refuse(format!(
+            "credential should be scoped to a valid region, not {:?}; this hub serves {}",
+            verified.region, state.api.region
+        )));
+    }
+    if verified.service != service.signing_name() {
+        return Err(refuse(format!(
+            "credential should be scoped to correct service: {:?}",
+            service.signing_name()
+        )));
+    }
+    // An unsigned target would let a captured request be replayed as another operation.
+    if !verified.signed_headers.iter().any(|h| h == "x-amz-target") {
+        return Err(refuse("SignedHeaders must include x-amz-target".into()));
+    }
+    tracing::debug!(key = %verified.access_key_id, %target, "request");
+    let operation = operation.to_string();
+    tokio::task::spawn_blocking(move || {
+        state
+            .api
+            .call(service, &operation, &body, now.as_secs_f64())
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "operation panicked");
+        ApiError::new(500, "InternalFailure", "internal error; see the hub's log")
+    })?
+}
