@@ -428,7 +428,7 @@ fn logs_command_prints_and_tails_container_output() {
     let def = sh_task(
         &image,
         "logs",
-        "for i in $(seq 1 500); do echo line-$i; done; echo oops >&2; sleep 600",
+        "for i in $(seq 1 500); do echo line-$i; done; sleep 1; echo oops >&2; sleep 600",
     );
     a.apply(vec![task("logs", def)]).expect("apply");
     a.wait_status(&harness::arn("logs"), "RUNNING");

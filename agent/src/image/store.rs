@@ -168,6 +168,9 @@ pub fn ingest_ref(purpose: &str, digest: &str) -> String {
     format!("skerry-{purpose}-{digest}")
 }
 
+/// How long a writer waits for another writer of the same blob to finish.
+const REF_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
 pub enum Opened {
     Writer(Box<ContentWriter>),
     /// The blob is already committed in this namespace.
@@ -188,7 +191,37 @@ pub struct ContentWriter {
 }
 
 impl ContentWriter {
+    /// Opens the writer for `ref`. Another writer of the same blob (a concurrent pull of an
+    /// image sharing a layer) holds containerd's lock on the ref: wait for it, as
+    /// containerd's own client does, and take its result when it commits.
     pub async fn open(
+        cd: &Containerd,
+        lease: &str,
+        r#ref: &str,
+        expected: &str,
+        total: u64,
+    ) -> Result<Opened, Status> {
+        let deadline = tokio::time::Instant::now() + REF_LOCK_WAIT;
+        let mut delay = std::time::Duration::from_millis(50);
+        loop {
+            match Self::open_once(cd, lease, r#ref, expected, total).await {
+                Err(s)
+                    if s.code() == Code::Unavailable
+                        && s.message().contains("locked")
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    if content_info(cd, expected).await?.is_some() {
+                        return Ok(Opened::Exists);
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn open_once(
         cd: &Containerd,
         lease: &str,
         r#ref: &str,
