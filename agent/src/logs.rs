@@ -248,8 +248,10 @@ pub fn run_driver(dir: &Path, limits: LogLimits) -> Result<(), LogError> {
     let stderr = open_pipe(Stream::Stderr, STDERR_FD)?;
     // A failure here only leaves our duplicates open; the log file must still be written.
     let _ = fs::create_dir_all(dir);
-    let log = LogFile::new(dir, limits);
+    let mut log = LogFile::new(dir, limits);
     log.remove_stale();
+    // Opened before reporting ready so readers find the file; `push` retries a failure.
+    let _ = log.open();
     let log = Arc::new(Mutex::new(log));
     // Tells the shim the driver is ready; EBADF when started by hand is harmless.
     let _ = nix::unistd::close(READY_FD);

@@ -298,6 +298,50 @@ fn sigterm_from_the_shim_still_drains_the_pipes() {
     assert!(text.contains("last words\n"), "stderr line missing");
 }
 
+#[test]
+fn driver_creates_the_log_file_before_reporting_ready() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log_dir = dir.path().join("quiet");
+    let driver = Driver::start(&log_dir);
+    let live = log_dir.join(logs::LOG_FILE);
+    assert!(live.exists(), "no {} once ready", live.display());
+    let status = driver.finish();
+    assert!(status.success(), "driver exited with {status}");
+    assert_eq!(fs::metadata(&live).expect("stat").len(), 0);
+}
+
+#[test]
+fn unwritable_log_dir_still_drains_the_container_output() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A regular file where the directory should be: every open fails.
+    let log_dir = dir.path().join("not-a-dir");
+    fs::write(&log_dir, "").expect("write");
+    let mut driver = Driver::start(&log_dir);
+    let mut out = driver.stdout.take().expect("stdout");
+    // Far more than a pipe holds: this only completes if the driver keeps reading.
+    let writer = std::thread::spawn(move || {
+        let line = format!("{}\n", "y".repeat(99));
+        for _ in 0..40_000 {
+            out.write_all(line.as_bytes()).expect("write stdout");
+        }
+    });
+    let mut joined = false;
+    for _ in 0..3000 {
+        if writer.is_finished() {
+            joined = true;
+            break;
+        }
+        sleep(Duration::from_millis(20));
+    }
+    assert!(
+        joined,
+        "the container's writes blocked: the driver stopped reading"
+    );
+    writer.join().expect("writer thread");
+    let status = driver.finish();
+    assert!(status.success(), "driver exited with {status}");
+}
+
 fn env_var(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!("{name} is not set: run `scripts/test-env up DIR` and `source DIR/env` first")
