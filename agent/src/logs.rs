@@ -246,7 +246,7 @@ pub fn run_driver(dir: &Path, limits: LogLimits) -> Result<(), LogError> {
 
     let stdout = open_pipe(Stream::Stdout, STDOUT_FD)?;
     let stderr = open_pipe(Stream::Stderr, STDERR_FD)?;
-    // A failure here only leaves our duplicates open; the log file must still be written.
+    // A failure surfaces as write errors, which drop lines: the pipes are drained anyway.
     let _ = fs::create_dir_all(dir);
     let mut log = LogFile::new(dir, limits);
     log.remove_stale();
