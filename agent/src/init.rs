@@ -5,6 +5,7 @@
 //! code, or 128 + the signal number when a signal killed it.
 
 use std::io;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -45,9 +46,32 @@ pub fn invocation(args: &[String]) -> Option<Vec<String>> {
     }
 }
 
+/// Set in the environment of init's own re-execution that becomes the command.
+const EXEC_ENV: &str = "SKERRY_INIT_EXEC";
+
 /// Runs `command` under init and exits with its status.
 pub fn run(command: Vec<String>) -> ! {
+    if std::env::var_os(EXEC_ENV).is_some() {
+        exec_unblocked(&command)
+    }
     std::process::exit(supervise(&command))
+}
+
+/// The child half: std's `Command` passes init's blocked signal mask on to the child, and
+/// clearing it in between needs `pre_exec` (unsafe), so init re-executes itself with this
+/// environment variable, and this unblocks every signal and execs the command in place.
+fn exec_unblocked(command: &[String]) -> ! {
+    let _ = SigSet::all().thread_unblock();
+    let Some((program, args)) = command.split_first() else {
+        std::process::exit(2)
+    };
+    let err = Command::new(program).args(args).env_remove(EXEC_ENV).exec();
+    eprintln!("skerry init: cannot run {program:?}: {err}");
+    std::process::exit(if err.kind() == io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    })
 }
 
 fn supervise(command: &[String]) -> i32 {
@@ -55,8 +79,7 @@ fn supervise(command: &[String]) -> i32 {
         eprintln!("skerry init: no command given; usage: {INIT_PATH} -- COMMAND [ARGS...]");
         return 2;
     };
-    // Blocked before the child exists so no signal is lost to the default action; std
-    // resets the mask in the child before exec.
+    // Blocked before the child exists so no signal is lost to the default action.
     let mut signals = SigSet::empty();
     for signal in FORWARDED {
         signals.add(signal);
@@ -69,15 +92,21 @@ fn supervise(command: &[String]) -> i32 {
     // Outside a PID namespace orphans would skip us; as PID 1 this is a no-op.
     let _ = nix::sys::prctl::set_child_subreaper(true);
 
-    let child = match Command::new(program).args(args).spawn() {
+    // /proc/self/exe is this binary even when its path is not visible (or was replaced).
+    let spawned = Command::new("/proc/self/exe")
+        .arg0(INIT_PATH)
+        .arg("--")
+        .arg(program)
+        .args(args)
+        .env(EXEC_ENV, "1")
+        .spawn();
+    let child = match spawned {
         Ok(child) => child,
         Err(e) => {
-            eprintln!("skerry init: cannot run {program:?}: {e}");
-            return if e.kind() == io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            };
+            eprintln!(
+                "skerry init: cannot re-execute itself via /proc/self/exe to run {program:?}: {e}"
+            );
+            return 126;
         }
     };
     let Ok(pid) = i32::try_from(child.id()) else {

@@ -246,10 +246,12 @@ pub fn run_driver(dir: &Path, limits: LogLimits) -> Result<(), LogError> {
 
     let stdout = open_pipe(Stream::Stdout, STDOUT_FD)?;
     let stderr = open_pipe(Stream::Stderr, STDERR_FD)?;
-    // A failure here only leaves our duplicates open; the log file must still be written.
+    // A failure surfaces as write errors, which drop lines: the pipes are drained anyway.
     let _ = fs::create_dir_all(dir);
-    let log = LogFile::new(dir, limits);
+    let mut log = LogFile::new(dir, limits);
     log.remove_stale();
+    // Opened before reporting ready so readers find the file; `push` retries a failure.
+    let _ = log.open();
     let log = Arc::new(Mutex::new(log));
     // Tells the shim the driver is ready; EBADF when started by hand is harmless.
     let _ = nix::unistd::close(READY_FD);
