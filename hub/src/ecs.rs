@@ -498,7 +498,7 @@ mod tests {
         let (_d, api) = api();
         let input = json!({
             "family": "web",
-            "containerDefinitions": [{"name": "c", "image": "busybox"}],
+            "containerDefinitions": [{"name": "c", "image": "busybox", "memory": 64}],
             "revision": 42,
             "status": "INACTIVE",
         });

@@ -1,25 +1,29 @@
-//! The hub's gate for registered task definitions. Deliberately thin for now: the full
-//! check is `skerry_proto::taskdef::TaskDefinition::parse`, which this will call once that
-//! contract lands, so the hub and agent accept exactly the same documents.
+//! The hub's gate for registered task definitions: the same check the agent applies
+//! (`skerry_proto::taskdef::TaskDefinition`), so a definition the hub accepts is one every
+//! device can run, and one it refuses is refused with the field's JSON path.
 
 use serde_json::Value;
+use skerry_proto::taskdef::TaskDefinition;
 
 /// Checks a RegisterTaskDefinition input (without `tags`). The error is the message the
 /// client sees.
 pub fn validate_task_definition(td: &Value) -> Result<(), String> {
-    match td.get("family") {
-        Some(Value::String(_)) => {}
-        Some(_) => return Err("family must be a string".into()),
-        None => return Err("family is required".into()),
+    let first = match TaskDefinition::parse(&td.to_string()) {
+        Ok(_) => return Ok(()),
+        Err(e) => e.to_string(),
+    };
+    // Parsing stops at the first problem; a definition that parsed may have more.
+    let all = serde_json::from_value::<TaskDefinition>(td.clone())
+        .map(|parsed| parsed.errors())
+        .unwrap_or_default();
+    if all.is_empty() {
+        return Err(first);
     }
-    match td.get("containerDefinitions") {
-        Some(Value::Array(defs)) if !defs.is_empty() => Ok(()),
-        Some(Value::Array(_)) => {
-            Err("containerDefinitions must list at least one container".into())
-        }
-        Some(_) => Err("containerDefinitions must be a list".into()),
-        None => Err("containerDefinitions is required".into()),
-    }
+    Err(all
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; "))
 }
 
 #[cfg(test)]
@@ -28,16 +32,24 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn family_and_containers_are_required() {
-        assert_eq!(
-            validate_task_definition(&json!({"family": "web", "containerDefinitions": [{}]})),
-            Ok(())
+    fn a_valid_definition_passes() {
+        let td = json!({"family": "web", "containerDefinitions": [
+            {"name": "web", "image": "nginx", "memory": 128}]});
+        assert_eq!(validate_task_definition(&td), Ok(()));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let missing = validate_task_definition(&json!({"containerDefinitions": []}));
+        assert!(missing.expect_err("no family").contains("family"));
+        let unsupported =
+            validate_task_definition(&json!({"family": "web", "containerDefinitions": [
+            {"name": "web", "image": "nginx", "memory": 128,
+             "logConfiguration": {"logDriver": "awslogs"}}]}));
+        let e = unsupported.expect_err("awslogs");
+        assert!(
+            e.contains("containerDefinitions[0].logConfiguration"),
+            "{e}"
         );
-        let missing = validate_task_definition(&json!({"containerDefinitions": [{}]}));
-        assert_eq!(missing, Err("family is required".to_string()));
-        let empty = validate_task_definition(&json!({"family": "web", "containerDefinitions": []}));
-        assert!(empty
-            .expect_err("empty list")
-            .contains("containerDefinitions"));
     }
 }

@@ -416,3 +416,26 @@ fn bad_config_exits_64_naming_the_problem() {
         "a bad config must not get to listening"
     );
 }
+
+#[test]
+fn a_definition_devices_cannot_run_is_refused_with_the_field_named() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let hub = Hub::start(tmp.path());
+    let err = hub.fails(&[
+        "ecs",
+        "register-task-definition",
+        "--family",
+        "web",
+        "--container-definitions",
+        r#"[{"name":"app","image":"busybox","memory":64,"logConfiguration":{"logDriver":"awslogs"}}]"#,
+    ]);
+    assert!(
+        err.contains("containerDefinitions[0].logConfiguration"),
+        "{err}"
+    );
+    assert!(err.contains("not supported"), "{err}");
+    // Nothing was registered.
+    let list = hub.ok(&["ecs", "list-task-definitions"]);
+    assert_eq!(list["taskDefinitionArns"], serde_json::json!([]));
+    hub.stop();
+}
