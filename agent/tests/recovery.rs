@@ -275,6 +275,7 @@ fn host_reboot_without_network_brings_desired_tasks_back() {
         running_ids(&a).is_empty()
     });
     cd.kill();
+    kill_shims(&a.ns);
     let _ = registry.kill();
     let _ = registry.wait();
     for entry in std::fs::read_dir(a.dir.path().join("netns"))
@@ -284,7 +285,16 @@ fn host_reboot_without_network_brings_desired_tasks_back() {
         let _ = Command::new("umount").arg("-l").arg(entry.path()).status();
         let _ = std::fs::remove_file(entry.path());
     }
-    let _ = std::fs::remove_dir_all(cd.dir.join("state"));
+    // A reboot unmounts the containers' root filesystems and empties /run.
+    let state = cd.dir.join("state");
+    let mounts = std::fs::read_to_string("/proc/mounts").expect("/proc/mounts");
+    for target in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)) {
+        if target.starts_with(&state.display().to_string()) {
+            let _ = Command::new("umount").arg("-l").arg(target).status();
+        }
+    }
+    std::fs::remove_dir_all(&state).expect("wipe containerd's state");
+    let _ = std::fs::remove_dir_all(Path::new("/run/containerd/runc").join(&a.ns));
     cd.restart();
     a.start();
     check_converged(&a, &["web".to_string(), "worker".to_string()], &[]);
@@ -359,6 +369,28 @@ fn a_hundred_start_stop_cycles_leave_no_ip_veth_or_iptables_rule() {
         ips(&a.data_dir())
     );
     a.finish();
+}
+
+/// Kills the containerd shims serving `namespace`, as a power cut would.
+fn kill_shims(namespace: &str) {
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_shim = args.first().is_some_and(|a| a.contains("containerd-shim"));
+        if is_shim
+            && args
+                .windows(2)
+                .any(|w| w[0] == "-namespace" && w[1] == namespace)
+        {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

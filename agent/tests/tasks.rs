@@ -342,19 +342,25 @@ fn container_settings_reach_the_process() {
     let labels = a.ctr(&["containers", "info", &format!("{}-main", "settings")]);
     assert!(labels.contains("com.example.team"), "{labels}");
     // cgroup v1 memory controller here: the hard and soft limits from the definition.
-    let cg = "/sys/fs/cgroup/memory/skerry/settings/main";
+    let cg = format!("/sys/fs/cgroup/memory/skerry/{}/settings/main", a.ns);
     if std::path::Path::new(&cg).exists() {
         let limit = std::fs::read_to_string(format!("{cg}/memory.limit_in_bytes")).expect("limit");
         assert_eq!(limit.trim(), (96u64 << 20).to_string());
         let soft =
             std::fs::read_to_string(format!("{cg}/memory.soft_limit_in_bytes")).expect("soft");
         assert_eq!(soft.trim(), (32u64 << 20).to_string());
-        let shares = std::fs::read_to_string("/sys/fs/cgroup/cpu/skerry/settings/main/cpu.shares")
-            .expect("shares");
+        let shares = std::fs::read_to_string(format!(
+            "/sys/fs/cgroup/cpu/skerry/{}/settings/main/cpu.shares",
+            a.ns
+        ))
+        .expect("shares");
         assert_eq!(shares.trim(), "512");
     } else {
-        let max = std::fs::read_to_string("/sys/fs/cgroup/skerry/settings/main/memory.max")
-            .expect("cgroup v2 memory.max");
+        let max = std::fs::read_to_string(format!(
+            "/sys/fs/cgroup/skerry/{}/settings/main/memory.max",
+            a.ns
+        ))
+        .expect("cgroup v2 memory.max");
         assert_eq!(max.trim(), (96u64 << 20).to_string());
     }
     a.finish();

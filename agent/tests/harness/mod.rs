@@ -60,7 +60,9 @@ impl Agent {
             .prefix(&format!("skerry-{name}-"))
             .tempdir()
             .expect("tempdir");
-        let ns = format!("skt-{slot}-{name}");
+        // runc keeps state per namespace under /run; a fresh namespace per run keeps an
+        // earlier, aborted run from getting in the way.
+        let ns = format!("skt-{slot}-{name}-{}", std::process::id());
         let config = dir.path().join("agent.toml");
         let text = format!(
             r#"data_dir = "{data}"
@@ -96,6 +98,9 @@ netns_dir = "{netns}"
     }
 
     pub fn start(&mut self) {
+        let sock = self.data_dir().join("agent.sock");
+        // A killed agent leaves its socket behind; wait for the new one's.
+        let _ = std::fs::remove_file(&sock);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -110,7 +115,6 @@ netns_dir = "{netns}"
             .spawn()
             .expect("spawn skerry-agent");
         self.child = Some(child);
-        let sock = self.data_dir().join("agent.sock");
         let deadline = Instant::now() + Duration::from_secs(30);
         while !sock.exists() {
             if let Some(c) = self.child.as_mut() {
