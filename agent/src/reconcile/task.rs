@@ -364,40 +364,30 @@ impl Supervisor {
         for c in &self.def.container_definitions {
             let id = self.container_id(&c.name);
             let state = self.retry(|| self.shared.cd.state(&id)).await?;
+            if matches!(state, ProcessState::Created | ProcessState::Absent) {
+                continue;
+            }
+            // Started by an earlier agent: its start time counts for restartAttemptPeriod.
+            let since = record
+                .as_ref()
+                .and_then(|r| r.container_started.get(&c.name).copied())
+                .unwrap_or_else(now_secs);
+            let age = Duration::from_secs_f64((now_secs() - since).max(0.0));
+            run.started.insert(
+                c.name.clone(),
+                Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+            );
+            let v = run.views.entry(c.name.clone()).or_default();
+            v.started = true;
+            v.running = true;
             match state {
                 ProcessState::Running { .. } => {
                     info!(task = %self.arn, container = %c.name, "adopted running container");
-                    let v = run.views.entry(c.name.clone()).or_default();
-                    v.started = true;
-                    v.running = true;
-                    let since = record
-                        .as_ref()
-                        .and_then(|r| r.container_started.get(&c.name).copied())
-                        .unwrap_or_else(now_secs);
-                    let age = Duration::from_secs_f64((now_secs() - since).max(0.0));
-                    run.started.insert(
-                        c.name.clone(),
-                        Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
-                    );
                     self.set_container(&c.name, |r| r.last_status = TaskStatus::Running);
                     self.watch(run, c, tx);
                 }
                 ProcessState::Stopped { exit_code } => {
                     // It exited while no agent watched: decide about it now.
-                    let v = run.views.entry(c.name.clone()).or_default();
-                    v.started = true;
-                    v.running = true;
-                    run.started.insert(c.name.clone(), Instant::now());
-                    if let Some(since) = record
-                        .as_ref()
-                        .and_then(|r| r.container_started.get(&c.name))
-                    {
-                        let age = Duration::from_secs_f64((now_secs() - since).max(0.0));
-                        run.started.insert(
-                            c.name.clone(),
-                            Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
-                        );
-                    }
                     let _ = tx
                         .send(Signal::Exited {
                             name: c.name.clone(),

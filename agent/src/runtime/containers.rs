@@ -18,6 +18,8 @@ use super::{Containerd, SNAPSHOTTER};
 
 /// The runc shim, present in containerd 1.6 and 2.x.
 pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
+/// How often a task create is tried while an earlier, interrupted create settles.
+const CREATE_ATTEMPTS: u32 = 20;
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 /// Labels the agent puts on every container it creates.
 pub const LABEL_TASK_ARN: &str = "skerry.task-arn";
@@ -168,9 +170,43 @@ impl Containerd {
     /// Starts a new process for the container, replacing a stopped one. `stdio` is the
     /// URI the shim sends stdout and stderr to.
     pub async fn start(&self, id: &str, stdio: &str) -> Result<u32, ContainerError> {
-        if let ProcessState::Stopped { .. } | ProcessState::Created = self.state(id).await? {
-            self.delete_process(id).await?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.state(id).await? {
+                ProcessState::Running { pid } => return Ok(pid),
+                ProcessState::Stopped { .. } | ProcessState::Created => {
+                    self.delete_process(id).await?
+                }
+                ProcessState::Absent => {}
+            }
+            match self.create_process(id, stdio).await {
+                // A Create from an agent killed mid-call may still be in flight in
+                // containerd (its bundle exists, the task not yet): wait for it to land,
+                // then replace it.
+                Err(ContainerError::Rpc { status, .. })
+                    if attempt < CREATE_ATTEMPTS
+                        && (status.code() == Code::AlreadyExists
+                            || status.message().contains("file exists")) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+                Ok(()) => break,
+            }
         }
+        let resp = self
+            .tasks()
+            .start(self.request(StartRequest {
+                container_id: id.into(),
+                exec_id: String::new(),
+            }))
+            .await
+            .map_err(ContainerError::rpc("start task", id))?;
+        Ok(resp.into_inner().pid)
+    }
+
+    async fn create_process(&self, id: &str, stdio: &str) -> Result<(), ContainerError> {
         let mounts = self
             .snapshots()
             .mounts(self.request(snapshots::MountsRequest {
@@ -200,15 +236,7 @@ impl Containerd {
             .create(self.request(req))
             .await
             .map_err(ContainerError::rpc("create task", id))?;
-        let resp = self
-            .tasks()
-            .start(self.request(StartRequest {
-                container_id: id.into(),
-                exec_id: String::new(),
-            }))
-            .await
-            .map_err(ContainerError::rpc("start task", id))?;
-        Ok(resp.into_inner().pid)
+        Ok(())
     }
 
     pub async fn state(&self, id: &str) -> Result<ProcessState, ContainerError> {

@@ -313,11 +313,24 @@ pub fn arn(name: &str) -> String {
 }
 
 pub fn task(name: &str, def: Value) -> Value {
-    json!({"taskArn": arn(name), "taskDefinition": def, "desiredStatus": "RUNNING"})
+    json!({"taskArn": arn(name), "taskDefinition": quick_stop(def), "desiredStatus": "RUNNING"})
 }
 
 pub fn stopped(name: &str, def: Value) -> Value {
-    json!({"taskArn": arn(name), "taskDefinition": def, "desiredStatus": "STOPPED"})
+    json!({"taskArn": arn(name), "taskDefinition": quick_stop(def), "desiredStatus": "STOPPED"})
+}
+
+/// A command like `sleep` running as PID 1 ignores SIGTERM, so every stop would wait out
+/// ECS's default 30 s stopTimeout: tests that do not test stopping use 2 s.
+fn quick_stop(mut def: Value) -> Value {
+    if let Some(containers) = def["containerDefinitions"].as_array_mut() {
+        for c in containers {
+            if c.get("stopTimeout").is_none() {
+                c["stopTimeout"] = json!(2);
+            }
+        }
+    }
+    def
 }
 
 /// A task definition with one essential busybox container running `sh -c script`.
