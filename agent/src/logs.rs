@@ -41,7 +41,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::signal::{SigSet, Signal};
@@ -675,31 +675,7 @@ fn format_record(record: &[u8], opts: ReadOptions) -> Option<Vec<u8>> {
 
 /// `2006-01-02T15:04:05.000000000Z`.
 fn rfc3339_nanos(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (y, m, day) = civil_from_days((secs / 86_400) as i64);
-    let s = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
-        s / 3600,
-        s % 3600 / 60,
-        s % 60,
-        d.subsec_nanos()
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day): Howard Hinnant's `civil_from_days`.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    humantime::format_rfc3339_nanos(t).to_string()
 }
 
 #[cfg(test)]
@@ -744,7 +720,7 @@ mod tests {
 
     #[test]
     fn timestamps_are_rfc3339_utc_with_nanoseconds() {
-        let at = |secs, nanos| rfc3339_nanos(UNIX_EPOCH + Duration::new(secs, nanos));
+        let at = |secs, nanos| rfc3339_nanos(std::time::UNIX_EPOCH + Duration::new(secs, nanos));
         assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000000Z");
         assert_eq!(at(951_782_400, 7), "2000-02-29T00:00:00.000000007Z");
         assert_eq!(

@@ -175,7 +175,9 @@ async fn assert_rootfs_has(cd: &Containerd, chain_id: &str, file: &str) {
             snapshotter: SNAPSHOTTER.to_string(),
             key: key.clone(),
             parent: chain_id.to_string(),
-            labels: HashMap::new(),
+            // Other tests' pulls trigger garbage collection, which would take an
+            // unreferenced view away before this removes it.
+            labels: HashMap::from([("containerd.io/gc.root".to_string(), key.clone())]),
         }))
         .await
         .expect("view the image's top snapshot")

@@ -312,13 +312,15 @@ impl ImageStore {
         F: FnOnce(String) -> Fut,
         Fut: Future<Output = Result<T, ImageError>>,
     {
-        let lease = store::create_lease(&self.cd, purpose)
-            .await
-            .map_err(|source| ImageError::Containerd {
-                reference: subject.to_string(),
-                op: "create lease".to_string(),
-                source,
-            })?;
+        let lease =
+            store::create_lease(&self.cd)
+                .await
+                .map_err(|source| ImageError::Containerd {
+                    reference: subject.to_string(),
+                    op: "create lease".to_string(),
+                    source,
+                })?;
+        tracing::debug!(lease, purpose, image = subject, "lease created");
         let out = f(lease.clone()).await;
         if let Err(e) = store::delete_lease(&self.cd, &lease).await {
             tracing::warn!(lease, error = %e, "cannot delete lease; it expires by itself");

@@ -3,14 +3,14 @@
 //! image records. Every call goes through the agent's [`Containerd`] handle.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
 };
 use containerd_client::services::v1::{
-    AbortRequest, ApplyRequest, CreateImageRequest, CreateRequest, DeleteRequest, GetImageRequest,
-    Image, Info, InfoRequest, ReadContentRequest, UpdateImageRequest, UpdateRequest, WriteAction,
+    AbortRequest, ApplyRequest, CreateImageRequest, DeleteRequest, GetImageRequest, Image, Info,
+    InfoRequest, ReadContentRequest, UpdateImageRequest, UpdateRequest, WriteAction,
     WriteContentRequest, WriteContentResponse,
 };
 use containerd_client::types::{Descriptor as CdDescriptor, Mount};
@@ -50,15 +50,8 @@ fn leased<T>(cd: &Containerd, msg: T, lease: &str) -> tonic::Request<T> {
     req
 }
 
-pub async fn create_lease(cd: &Containerd, purpose: &str) -> Result<String, Status> {
-    let id = format!("skerry-{purpose}-{:016x}", rand::random::<u64>());
-    let expire = rfc3339(SystemTime::now() + LEASE_EXPIRY);
-    let req = CreateRequest {
-        id: id.clone(),
-        labels: HashMap::from([("containerd.io/gc.expire".to_string(), expire)]),
-    };
-    cd.leases().create(cd.request(req)).await?;
-    Ok(id)
+pub async fn create_lease(cd: &Containerd) -> Result<String, Status> {
+    cd.temporary_lease(LEASE_EXPIRY).await
 }
 
 pub async fn delete_lease(cd: &Containerd, id: &str) -> Result<(), Status> {
@@ -517,40 +510,9 @@ pub async fn put_image(cd: &Containerd, name: &str, target: &Descriptor) -> Resu
     }
 }
 
-/// RFC 3339 in UTC, as containerd's `gc.expire` label wants it.
-fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil-from-days (Howard Hinnant's algorithm), for days since 1970-01-01.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_formats_utc() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        let t = UNIX_EPOCH + Duration::from_secs(1_709_164_800 + 3661); // 2024-02-29
-        assert_eq!(rfc3339(t), "2024-02-29T01:01:01Z");
-        let t = UNIX_EPOCH + Duration::from_secs(4_102_444_799);
-        assert_eq!(rfc3339(t), "2099-12-31T23:59:59Z");
-    }
 
     #[test]
     fn commit_mismatch_names_the_digest_containerd_computed() {

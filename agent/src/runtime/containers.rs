@@ -93,11 +93,13 @@ impl Containerd {
     /// Creates the container record and its writable snapshot. Existing ones are kept:
     /// after a crash between the two calls the second attempt completes the first.
     pub async fn create_container(&self, c: NewContainer<'_>) -> Result<(), ContainerError> {
+        // Until the container record references it, only this label keeps the garbage
+        // collector off the new snapshot; `remove` deletes it either way.
         let prepare = snapshots::PrepareSnapshotRequest {
             snapshotter: SNAPSHOTTER.into(),
             key: c.id.into(),
             parent: c.chain_id.into(),
-            labels: HashMap::new(),
+            labels: HashMap::from([("containerd.io/gc.root".to_string(), c.id.to_string())]),
         };
         match self.snapshots().prepare(self.request(prepare)).await {
             Ok(_) => {}

@@ -86,6 +86,33 @@ impl Containerd {
         req
     }
 
+    /// A lease that expires by itself after `ttl`, so what it holds is collected even if
+    /// this process dies before [`Containerd::delete_lease`].
+    pub async fn temporary_lease(&self, ttl: std::time::Duration) -> Result<String, tonic::Status> {
+        let id = format!("skerry-{:016x}", rand::random::<u64>());
+        let expire = humantime::format_rfc3339_seconds(std::time::SystemTime::now() + ttl);
+        let req = containerd_client::services::v1::CreateRequest {
+            id: id.clone(),
+            labels: std::collections::HashMap::from([(
+                "containerd.io/gc.expire".to_string(),
+                expire.to_string(),
+            )]),
+        };
+        self.leases().create(self.request(req)).await?;
+        Ok(id)
+    }
+
+    /// Deletes a lease; failing to is harmless, it expires.
+    pub async fn delete_lease(&self, id: &str) {
+        let req = containerd_client::services::v1::DeleteRequest {
+            id: id.to_string(),
+            sync: false,
+        };
+        if let Err(e) = self.leases().delete(self.request(req)).await {
+            tracing::debug!(lease = id, "cannot delete lease, it expires: {e}");
+        }
+    }
+
     pub fn containers(&self) -> ContainersClient<Channel> {
         ContainersClient::new(self.channel.clone())
     }

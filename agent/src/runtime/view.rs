@@ -9,6 +9,8 @@ use nix::mount::{umount2, MntFlags, MsFlags};
 
 use super::{Containerd, SNAPSHOTTER};
 
+const VIEW_LEASE: std::time::Duration = std::time::Duration::from_secs(600);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ViewError {
     #[error("containerd: view of snapshot {chain_id}: {status}")]
@@ -39,9 +41,18 @@ impl Containerd {
             parent: chain_id.into(),
             labels: Default::default(),
         };
+        // A lease keeps the collector off the view while it is mounted, and lets the
+        // collector have it if this process dies before removing it.
+        let lease = self
+            .temporary_lease(VIEW_LEASE)
+            .await
+            .map_err(|status| ViewError::Rpc {
+                chain_id: chain_id.into(),
+                status,
+            })?;
         let mounts = self
             .snapshots()
-            .view(self.request(req))
+            .view(self.request_leased(req, &lease))
             .await
             .map_err(|status| ViewError::Rpc {
                 chain_id: chain_id.into(),
@@ -67,6 +78,7 @@ impl Containerd {
                 key,
             }))
             .await;
+        self.delete_lease(&lease).await;
         result
     }
 }
