@@ -2,6 +2,7 @@
 //! document kept on disk, with no network needed once images are local.
 //!
 //! # Layout
+//! - `cgroup`: task-level memory and cpu limits on the task's parent cgroup.
 //! - `config`: the agent's TOML configuration, validated before anything starts.
 //! - `store`: the crash-safe state (desired document, task records) in redb.
 //! - `runtime`: the containerd connection and container/process calls.
@@ -14,6 +15,7 @@
 //! - `reconcile`: converges containerd to the desired state; one supervisor per task.
 //! - `control`: the root-only unix socket behind `apply`, `ps` and `logs`.
 
+pub mod cgroup;
 pub mod config;
 pub mod control;
 pub mod image;

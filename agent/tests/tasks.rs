@@ -349,6 +349,13 @@ fn container_settings_reach_the_process() {
         let soft =
             std::fs::read_to_string(format!("{cg}/memory.soft_limit_in_bytes")).expect("soft");
         assert_eq!(soft.trim(), (32u64 << 20).to_string());
+        // The task's own limit (task memory "128") holds all its containers.
+        let task_limit = std::fs::read_to_string(format!(
+            "/sys/fs/cgroup/memory/skerry/{}/settings/memory.limit_in_bytes",
+            a.ns
+        ))
+        .expect("task cgroup");
+        assert_eq!(task_limit.trim(), (128u64 << 20).to_string());
         let shares = std::fs::read_to_string(format!(
             "/sys/fs/cgroup/cpu/skerry/{}/settings/main/cpu.shares",
             a.ns
@@ -363,7 +370,12 @@ fn container_settings_reach_the_process() {
         .expect("cgroup v2 memory.max");
         assert_eq!(max.trim(), (96u64 << 20).to_string());
     }
+    let ns = a.ns.clone();
     a.finish();
+    assert!(
+        !std::path::Path::new(&format!("/sys/fs/cgroup/memory/skerry/{ns}/settings")).exists(),
+        "the task's cgroup is removed with the task"
+    );
 }
 
 #[test]

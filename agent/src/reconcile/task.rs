@@ -287,6 +287,13 @@ impl Supervisor {
             })?;
             volumes.insert(v.name.clone(), path);
         }
+        crate::cgroup::apply(
+            self.shared.cd.namespace(),
+            &self.task_id,
+            self.def.cpu_units(),
+            self.def.memory_mib(),
+        )
+        .map_err(|e| fail(format!("cannot set the task's limits: {e}")))?;
         let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let netns = self.shared.netns(&self.task_id);
         for c in &self.def.container_definitions {
@@ -803,6 +810,7 @@ impl Supervisor {
             }
         }
         self.shared.set_netns(&self.task_id, None);
+        crate::cgroup::remove(self.shared.cd.namespace(), &self.task_id);
         let dir = self.shared.cfg.tasks_dir().join(&self.task_id);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
