@@ -42,6 +42,13 @@ enum Cmd {
     Apply {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Wait until every task of the document has settled: RUNNING when desired
+        /// RUNNING (or STOPPED, which fails the command), STOPPED when desired STOPPED.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits, in seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
         document: PathBuf,
     },
     /// List tasks and their containers.
@@ -106,7 +113,19 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.cmd {
             Cmd::Run { .. } => run(cfg).await,
-            Cmd::Apply { document, .. } => apply(&cfg, &document).await,
+            Cmd::Apply {
+                document,
+                wait,
+                timeout,
+                ..
+            } => {
+                apply(
+                    &cfg,
+                    &document,
+                    wait.then(|| std::time::Duration::from_secs(timeout)),
+                )
+                .await
+            }
             Cmd::Ps { json, .. } => ps(&cfg, json).await,
             Cmd::Logs {
                 task,
@@ -213,7 +232,11 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn apply(cfg: &Config, document: &Path) -> anyhow::Result<()> {
+async fn apply(
+    cfg: &Config,
+    document: &Path,
+    wait: Option<std::time::Duration>,
+) -> anyhow::Result<()> {
     let text = if document == Path::new("-") {
         std::io::read_to_string(std::io::stdin()).context("cannot read the document from stdin")?
     } else {
@@ -222,14 +245,65 @@ async fn apply(cfg: &Config, document: &Path) -> anyhow::Result<()> {
     };
     // Validate here too, so a bad document is reported with its path before the daemon
     // is involved.
-    skerry_proto::desired::DesiredState::parse(&text)
+    let doc = skerry_proto::desired::DesiredState::parse(&text)
         .map_err(|e| anyhow::anyhow!("{}: {e}", document.display()))?;
     let (resp, _) = control::call(&cfg.control_socket, &Request::Apply { document: text }).await?;
     if !resp.ok {
         bail!("{}", resp.error.unwrap_or_default());
     }
     println!("applied generation {}", resp.generation.unwrap_or_default());
-    Ok(())
+    match wait {
+        Some(timeout) => wait_settled(cfg, &doc, timeout).await,
+        None => Ok(()),
+    }
+}
+
+/// Polls the daemon until every task of `doc` has reached where it is going.
+async fn wait_settled(
+    cfg: &Config,
+    doc: &skerry_proto::desired::DesiredState,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    use skerry_proto::desired::DesiredStatus;
+    use skerry_proto::status::TaskStatus;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let (resp, _) = control::call(&cfg.control_socket, &Request::Ps).await?;
+        let tasks = resp.tasks.unwrap_or_default();
+        let mut settled = true;
+        let mut failed = Vec::new();
+        for want in &doc.tasks {
+            let status = tasks
+                .iter()
+                .find(|t| t.task_arn == want.task_arn)
+                .map(|t| (t.last_status, t.stopped_reason.clone()));
+            match (want.desired_status, status) {
+                (DesiredStatus::Running, Some((TaskStatus::Running, _))) => {}
+                (_, Some((TaskStatus::Stopped, reason))) => {
+                    if want.desired_status == DesiredStatus::Running {
+                        failed.push(format!("{}: {}", want.task_arn, reason.unwrap_or_default()));
+                    }
+                }
+                _ => settled = false,
+            }
+        }
+        if settled {
+            if failed.is_empty() {
+                return Ok(());
+            }
+            bail!(
+                "tasks stopped instead of running:\n  {}",
+                failed.join("\n  ")
+            );
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "tasks did not settle within {}s; `skerry-agent ps` shows where they are",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }
 
 async fn ps(cfg: &Config, json: bool) -> anyhow::Result<()> {

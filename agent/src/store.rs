@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -62,7 +62,7 @@ impl Store {
     }
 
     pub fn set_desired<T: Serialize>(&self, doc: &T) -> Result<(), StoreError> {
-        self.put(META, DESIRED_KEY, doc)
+        self.put(META, DESIRED_KEY, doc, Durability::Immediate)
     }
 
     pub fn tasks<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
@@ -77,7 +77,19 @@ impl Store {
     }
 
     pub fn put_task<T: Serialize>(&self, task_arn: &str, record: &T) -> Result<(), StoreError> {
-        self.put(TASKS, task_arn, record)
+        self.put(TASKS, task_arn, record, Durability::Immediate)
+    }
+
+    /// Like [`Store::put_task`], without waiting for the disk: a crash may lose this record
+    /// (never the store's consistency) until the next immediate commit. For progress that
+    /// the agent re-derives from containerd on restart, so starting a task does not cost
+    /// an fsync per step on an SD card.
+    pub fn put_task_lazily<T: Serialize>(
+        &self,
+        task_arn: &str,
+        record: &T,
+    ) -> Result<(), StoreError> {
+        self.put(TASKS, task_arn, record, Durability::Eventual)
     }
 
     pub fn remove_task(&self, task_arn: &str) -> Result<(), StoreError> {
@@ -107,13 +119,15 @@ impl Store {
         table: TableDefinition<&str, &[u8]>,
         key: &str,
         value: &T,
+        durability: Durability,
     ) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(value).map_err(|source| StoreError::Decode {
             path: self.path.clone(),
             key: key.into(),
             source,
         })?;
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        tx.set_durability(durability);
         tx.open_table(table)
             .map_err(|e| self.err(e))?
             .insert(key, bytes.as_slice())

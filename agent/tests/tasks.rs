@@ -484,3 +484,51 @@ fn logs_command_prints_and_tails_container_output() {
     assert!(String::from_utf8_lossy(&err.stderr).contains("no container \"nope\""));
     a.finish();
 }
+
+#[test]
+fn apply_wait_returns_once_tasks_settle_and_fails_for_a_task_that_stopped() {
+    let mut a = Agent::new(10, "wait");
+    a.start();
+    let image = busybox(&a);
+    let run_wait = |doc: serde_json::Value| {
+        let mut child = std::process::Command::new(&a.bin)
+            .args(["apply", "--wait", "--timeout", "120", "--config"])
+            .arg(&a.config)
+            .arg("-")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("apply --wait");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(doc.to_string().as_bytes())
+            .expect("write");
+        child.wait_with_output().expect("output")
+    };
+    let good = task("good", sh_task(&image, "good", "sleep 600"));
+    let out = run_wait(json!({"generation": 1, "tasks": [good.clone()]}));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // It returned only once the task was RUNNING.
+    assert_eq!(
+        a.task(&harness::arn("good")).expect("task")["lastStatus"],
+        "RUNNING"
+    );
+
+    let bad = task("bad", sh_task(&image, "bad", "exit 4"));
+    let out = run_wait(json!({"generation": 2, "tasks": [good, bad]}));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("task/test/bad") && err.contains("exited with code 4"),
+        "{err}"
+    );
+    a.finish();
+}

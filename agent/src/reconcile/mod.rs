@@ -96,7 +96,14 @@ impl Shared {
             f(r);
             r.clone()
         };
-        if let Err(e) = self.store.put_task(arn, &snapshot) {
+        // Progress is re-derived from containerd after a crash; where the task ended up
+        // (STOPPED, its reason, cleaned) is not, so that is committed to disk at once.
+        let result = if snapshot.report.last_status == TaskStatus::Stopped {
+            self.store.put_task(arn, &snapshot)
+        } else {
+            self.store.put_task_lazily(arn, &snapshot)
+        };
+        if let Err(e) = result {
             warn!(task = %arn, "cannot persist task state: {e}");
         }
     }

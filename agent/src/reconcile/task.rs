@@ -330,6 +330,7 @@ impl Supervisor {
                 group: users.1.as_deref(),
                 init: Some(self.shared.agent_bin.clone()),
             };
+            tracing::debug!(task = %self.arn, container = %c.name, "building spec");
             let built = spec::build(&input)
                 .map_err(|e| fail(format!("CannotCreateContainerError: {e}")))?;
             let spec_json = serde_json::to_value(&built)
@@ -356,6 +357,7 @@ impl Supervisor {
                 })
                 .await
                 .map_err(|e| fail(format!("CannotCreateContainerError: {e}")))?;
+            tracing::debug!(task = %self.arn, container = %c.name, "container created");
             self.set_container(&c.name, |r| {
                 r.runtime_id = Some(id.clone());
                 r.image = c.image.clone();

@@ -197,6 +197,7 @@ impl Containerd {
                 Ok(()) => break,
             }
         }
+        tracing::debug!(container = id, "process created");
         let resp = self
             .tasks()
             .start(self.request(StartRequest {
