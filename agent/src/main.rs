@@ -15,6 +15,7 @@ use skerry_agent::runtime::Containerd;
 use skerry_agent::store::Store;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
+use tracing_subscriber::filter::Targets;
 
 /// sysexits' EX_CONFIG: the configuration is unusable.
 const EXIT_CONFIG: u8 = 64;
@@ -146,14 +147,22 @@ fn main() -> ExitCode {
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SKERRY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    // `Targets` ("info,skerry_agent::image=debug") rather than EnvFilter: it needs no
+    // regex engine, which keeps the device binary smaller.
+    let filter = match std::env::var("SKERRY_LOG") {
+        Err(_) => Targets::new().with_default(tracing::Level::INFO),
+        Ok(spec) => spec.parse::<Targets>().unwrap_or_else(|e| {
+            eprintln!("skerry-agent: SKERRY_LOG={spec:?} is not a filter ({e}); logging at info");
+            Targets::new().with_default(tracing::Level::INFO)
+        }),
+    };
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Human => builder.init(),
+        LogFormat::Json => registry.with(fmt.json()).init(),
+        LogFormat::Human => registry.with(fmt).init(),
     }
 }
 
