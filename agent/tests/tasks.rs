@@ -490,6 +490,7 @@ fn apply_wait_returns_once_tasks_settle_and_fails_for_a_task_that_stopped() {
     let mut a = Agent::new(10, "wait");
     a.start();
     let image = busybox(&a);
+    let (first, second) = (a.next_generation(), a.next_generation());
     let run_wait = |doc: serde_json::Value| {
         let mut child = std::process::Command::new(&a.bin)
             .args(["apply", "--wait", "--timeout", "120", "--config"])
@@ -510,7 +511,7 @@ fn apply_wait_returns_once_tasks_settle_and_fails_for_a_task_that_stopped() {
         child.wait_with_output().expect("output")
     };
     let good = task("good", sh_task(&image, "good", "sleep 600"));
-    let out = run_wait(json!({"generation": 1, "tasks": [good.clone()]}));
+    let out = run_wait(json!({"generation": first, "tasks": [good.clone()]}));
     assert!(
         out.status.success(),
         "{}",
@@ -522,12 +523,14 @@ fn apply_wait_returns_once_tasks_settle_and_fails_for_a_task_that_stopped() {
         "RUNNING"
     );
 
-    let bad = task("bad", sh_task(&image, "bad", "exit 4"));
-    let out = run_wait(json!({"generation": 2, "tasks": [good, bad]}));
+    // A task that never gets to RUNNING fails the wait, with its reason.
+    let missing = format!("{}/no-such-image:1", a.registry);
+    let bad = task("bad", sh_task(&missing, "bad", "true"));
+    let out = run_wait(json!({"generation": second, "tasks": [good, bad]}));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("task/test/bad") && err.contains("exited with code 4"),
+        err.contains("task/test/bad") && err.contains("CannotPullContainerError"),
         "{err}"
     );
     a.finish();

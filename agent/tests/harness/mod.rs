@@ -181,10 +181,15 @@ netns_dir = "{netns}"
         )
     }
 
+    /// The generation for a document this test builds itself.
+    pub fn next_generation(&mut self) -> u64 {
+        self.generation += 1;
+        self.generation
+    }
+
     /// Applies `tasks` as the next generation; returns the CLI's error text on failure.
     pub fn apply(&mut self, tasks: Vec<Value>) -> Result<String, String> {
-        self.generation += 1;
-        let doc = json!({"generation": self.generation, "tasks": tasks});
+        let doc = json!({"generation": self.next_generation(), "tasks": tasks});
         self.apply_raw(&doc.to_string())
     }
 
