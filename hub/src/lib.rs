@@ -9,7 +9,7 @@
 //! - `ecs`: ECS operations: clusters and task definitions.
 //! - `ssm`: SSM activations, the credentials devices register with.
 //! - `taskdef`: the check a task definition passes before it is stored.
-//! - `store`: the fleet state in SQLite; all SQL lives here.
+//! - `store`: the fleet state in SQLite; all SQL lives here (`store/instances.rs`: devices).
 
 pub mod api;
 pub mod config;

@@ -1,6 +1,7 @@
 //! Device registration: the one request a device makes with the SSM activation it was given
 //! (the ActivationId and ActivationCode `aws ssm create-activation` returned), and the hub's
-//! answer: the identity the device keeps from then on and the credentials for its link.
+//! answer: the identity the device keeps from then on: its instance id, a client certificate for
+//! its key, and where its link connects.
 //! JSON, camelCase, unknown fields rejected so a version mismatch shows up as an error.
 
 use std::fmt;
@@ -56,6 +57,12 @@ pub struct RegistrationRequest {
     /// What the device offers tasks: CPU units (1024 per core), as ECS counts them.
     pub cpu_units: u32,
     pub memory_mib: u64,
+    /// A PKCS#10 certificate signing request in PEM, for a key made on the device that never
+    /// leaves it. The hub signs it with its CA; the subject is the hub's to choose.
+    pub csr: String,
+    /// ECS custom attributes of the container instance (name -> value).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub attributes: std::collections::BTreeMap<String, String>,
 }
 
 fn default_cluster() -> String {
@@ -74,6 +81,7 @@ impl fmt::Debug for RegistrationRequest {
             .field("agent_version", &self.agent_version)
             .field("cpu_units", &self.cpu_units)
             .field("memory_mib", &self.memory_mib)
+            .field("attributes", &self.attributes)
             .finish()
     }
 }
@@ -151,6 +159,21 @@ impl RegistrationRequest {
         if self.memory_mib == 0 {
             return Err(error("memoryMib", "must be at least 1"));
         }
+        if !self.csr.contains("-----BEGIN CERTIFICATE REQUEST-----") {
+            return Err(error("csr", "must be a PEM certificate signing request"));
+        }
+        for name in self.attributes.keys() {
+            let ok = (1..=128).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'));
+            if !ok {
+                return Err(error(
+                    &format!("attributes.{name}"),
+                    "attribute names are 1 to 128 letters, digits, '-', '_', '.' and '/'",
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -159,32 +182,16 @@ impl RegistrationRequest {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegistrationResponse {
     /// The managed instance id, `mi-` and 17 hex digits, as SSM names ECS Anywhere devices.
+    /// It is the CN of `certificate` and the device's name on the broker.
     pub instance_id: String,
     pub container_instance_arn: String,
     pub cluster_arn: String,
-    pub link: LinkCredentials,
-}
-
-/// Where and as whom the device's link connects.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct LinkCredentials {
-    /// The MQTT broker: `mqtt://HOST:PORT` or `mqtts://HOST:PORT`.
-    pub url: String,
-    pub client_id: String,
-    pub username: String,
-    pub password: String,
-}
-
-impl fmt::Debug for LinkCredentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LinkCredentials")
-            .field("url", &self.url)
-            .field("client_id", &self.client_id)
-            .field("username", &self.username)
-            .field("password", &"<redacted>")
-            .finish()
-    }
+    /// The device's client certificate (PEM), signed by the hub's CA.
+    pub certificate: String,
+    /// The hub's CA certificate (PEM): the root the device trusts for the broker and the hub.
+    pub ca_certificate: String,
+    /// The MQTT broker as the device reaches it: `mqtts://HOST:PORT`.
+    pub broker_url: String,
 }
 
 /// Whether `s` is a managed instance id: `mi-` and 17 lowercase hex digits.
@@ -216,20 +223,18 @@ impl RegistrationResponse {
         if !self.cluster_arn.starts_with("arn:") {
             return Err(error("clusterArn", "must be an ARN"));
         }
-        let l = &self.link;
-        if !(l.url.starts_with("mqtt://") || l.url.starts_with("mqtts://")) {
+        if !self.broker_url.starts_with("mqtts://") {
             return Err(error(
-                "link.url",
-                format!("{:?} must start with mqtt:// or mqtts://", l.url),
+                "brokerUrl",
+                format!("{:?} must start with mqtts://", self.broker_url),
             ));
         }
         for (path, value) in [
-            ("link.clientId", &l.client_id),
-            ("link.username", &l.username),
-            ("link.password", &l.password),
+            ("certificate", &self.certificate),
+            ("caCertificate", &self.ca_certificate),
         ] {
-            if value.is_empty() {
-                return Err(error(path, "must not be empty"));
+            if !value.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(error(path, "must be a PEM certificate"));
             }
         }
         Ok(())
@@ -247,7 +252,8 @@ mod tests {
         "architecture": "arm64",
         "agentVersion": "0.1.0",
         "cpuUnits": 4096,
-        "memoryMib": 3800
+        "memoryMib": 3800,
+        "csr": "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n"
     }"#;
 
     #[test]
@@ -266,6 +272,7 @@ mod tests {
             ("1da5d8c4-2a28", "1da5d8c4_2a28", "activationId"),
             ("z8Dou5q22cYMhuHuc0ww", "z8D ou5", "activationCode"),
             ("pi-01", "pi_01", "hostname"),
+            ("-----BEGIN CERTIFICATE REQUEST-----", "", "csr"),
             ("\"arm64\"", "\"armhf\"", "architecture"),
             ("4096", "0", "cpuUnits"),
             ("\"hostname\"", "\"hostName\"", "hostName"),
@@ -277,25 +284,22 @@ mod tests {
 
     #[test]
     fn response_round_trips_and_checks_the_link() {
+        let cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
         let r = RegistrationResponse {
             instance_id: "mi-0123456789abcdef0".into(),
             container_instance_arn:
                 "arn:aws:ecs:us-east-1:000000000000:container-instance/default/0123abcd".into(),
             cluster_arn: "arn:aws:ecs:us-east-1:000000000000:cluster/default".into(),
-            link: LinkCredentials {
-                url: "mqtts://hub.example:8883".into(),
-                client_id: "mi-0123456789abcdef0".into(),
-                username: "mi-0123456789abcdef0".into(),
-                password: "s3cret-s3cret".into(),
-            },
+            certificate: cert.into(),
+            ca_certificate: cert.into(),
+            broker_url: "mqtts://hub.example:8883".into(),
         };
         let json = serde_json::to_string(&r).expect("serialize");
         assert_eq!(RegistrationResponse::parse(&json), Ok(r.clone()));
-        assert!(!format!("{r:?}").contains("s3cret-s3cret"));
-        let bad = json.replace("mqtts://", "http://");
+        let bad = json.replace("mqtts://", "mqtt://");
         assert_eq!(
             RegistrationResponse::parse(&bad).expect_err("scheme").path,
-            "link.url"
+            "brokerUrl"
         );
         assert!(!is_instance_id("mi-0123456789ABCDEF0"));
     }

@@ -68,7 +68,34 @@ CREATE TABLE activations (
     tags                  TEXT NOT NULL
 );
 "#,
+    // 2: container instances, one per registered device.
+    r#"
+CREATE TABLE container_instances (
+    id                 TEXT PRIMARY KEY,        -- mi-…, the certificate's CN
+    arn                TEXT NOT NULL UNIQUE,
+    cluster            TEXT NOT NULL REFERENCES clusters(name),
+    activation_id      TEXT NOT NULL,
+    hostname           TEXT NOT NULL,
+    architecture       TEXT NOT NULL,
+    agent_version      TEXT NOT NULL,
+    cpu_units          INTEGER NOT NULL,
+    memory_mib         INTEGER NOT NULL,
+    attributes         TEXT NOT NULL,           -- JSON object
+    cert_serial        TEXT NOT NULL,           -- hex, of the certificate issued last
+    status             TEXT NOT NULL,           -- ACTIVE, DEREGISTERED
+    agent_connected    INTEGER NOT NULL DEFAULT 0,
+    generation         INTEGER NOT NULL DEFAULT 0,  -- of the desired state published last
+    applied_generation INTEGER NOT NULL DEFAULT 0,  -- the device says it committed
+    registered_at      REAL NOT NULL,
+    last_seen_at       REAL
+);
+CREATE INDEX container_instances_cluster ON container_instances(cluster, status);
+"#,
 ];
+
+mod instances;
+
+pub use instances::ContainerInstance;
 
 pub struct Store {
     conn: Mutex<Connection>,
