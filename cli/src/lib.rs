@@ -1,0 +1,14 @@
+//! `skerry`, the operator's command line: activations that become provisioning files, and
+//! readable views of the fleet. Everything else an operator does goes through the aws CLI
+//! against the hub's ECS API.
+//!
+//! # Layout
+//! - `client`: SigV4-signed calls to the hub's ECS and SSM JSON API.
+//! - `activation`: `activation create`, which writes a device's `provision.toml`.
+//! - `fleet`: the instances, tasks and services views.
+//! - `table`: plain-text tables for a terminal.
+
+pub mod activation;
+pub mod client;
+pub mod fleet;
+pub mod table;

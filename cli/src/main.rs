@@ -1,0 +1,197 @@
+//! `skerry`: the operator's command line.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+use skerry_cli::activation::{self, Request};
+use skerry_cli::client::Hub;
+use skerry_cli::fleet;
+use skerry_cli::table::Table;
+
+#[derive(Parser)]
+#[command(name = "skerry", version, about = "Operate a Skerry fleet")]
+struct Cli {
+    /// The hub's API URL; defaults to $SKERRY_HUB, then $AWS_ENDPOINT_URL.
+    #[arg(long, global = true)]
+    hub: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Activations: the one-time credentials devices register with.
+    Activation {
+        #[command(subcommand)]
+        cmd: ActivationCmd,
+    },
+    /// The cluster's container instances (devices).
+    Instances {
+        #[arg(long, default_value = "default")]
+        cluster: String,
+        /// Print DescribeContainerInstances' JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The cluster's tasks.
+    Tasks {
+        #[arg(long, default_value = "default")]
+        cluster: String,
+        /// Include stopped tasks.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The cluster's services.
+    Services {
+        #[arg(long, default_value = "default")]
+        cluster: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ActivationCmd {
+    /// Create an activation and write it as a ready provisioning file.
+    Create {
+        #[arg(long, default_value = "default")]
+        cluster: String,
+        /// How many devices may register with it (1 to 1000).
+        #[arg(long, default_value_t = 1)]
+        limit: u32,
+        /// How long it stays valid, at most 30 days: 7d, 12h, 90m…
+        #[arg(long, default_value = "1d")]
+        expires: String,
+        /// The registration endpoint as the device reaches it; defaults to
+        /// $SKERRY_REGISTRATION_URL.
+        #[arg(long)]
+        hub_url: Option<String>,
+        /// SHA-256 of the hub's CA certificate, which the device pins; defaults to
+        /// $SKERRY_CA_FINGERPRINT.
+        #[arg(long)]
+        ca_fingerprint: Option<String>,
+        /// A custom attribute of the instances that register with it, NAME=VALUE.
+        #[arg(long = "attribute", value_name = "NAME=VALUE")]
+        attributes: Vec<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// Where to write the provisioning file.
+        #[arg(short, long, default_value = "provision.toml")]
+        output: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("skerry: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("skerry: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn env_or(flag: Option<String>, var: &str, what: &str) -> anyhow::Result<String> {
+    flag.or_else(|| std::env::var(var).ok().filter(|v| !v.is_empty()))
+        .with_context(|| {
+            format!("{what}: pass it or set {var} (`scripts/hub-up DIR` writes it to DIR/env)")
+        })
+}
+
+fn print(json: bool, items: &[Value], table: Table, empty: &str) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(items)?);
+    } else if table.is_empty() {
+        println!("{empty}");
+    } else {
+        print!("{}", table.render());
+    }
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let hub = Hub::from_env(cli.hub)?;
+    match cli.cmd {
+        Cmd::Activation {
+            cmd:
+                ActivationCmd::Create {
+                    cluster,
+                    limit,
+                    expires,
+                    hub_url,
+                    ca_fingerprint,
+                    attributes,
+                    description,
+                    output,
+                },
+        } => {
+            let hub_url = env_or(hub_url, "SKERRY_REGISTRATION_URL", "--hub-url")?;
+            let fingerprint = activation::normalize_fingerprint(&env_or(
+                ca_fingerprint,
+                "SKERRY_CA_FINGERPRINT",
+                "--ca-fingerprint",
+            )?)?;
+            let attributes = attributes
+                .iter()
+                .map(|a| activation::parse_attribute(a))
+                .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
+            let req = Request {
+                cluster: &cluster,
+                limit,
+                expires: activation::parse_expiry(&expires)?,
+                hub_url: &hub_url,
+                ca_fingerprint: &fingerprint,
+                attributes,
+                description: description.as_deref(),
+            };
+            let id = activation::create(&hub, &req, &output).await?;
+            println!(
+                "activation {id}: {limit} registration(s) within {expires}; provisioning file {}",
+                output.display()
+            );
+            Ok(())
+        }
+        Cmd::Instances { cluster, json } => {
+            let items = fleet::instances(&hub, &cluster).await?;
+            let table = fleet::instances_table(&items);
+            print(
+                json,
+                &items,
+                table,
+                &format!("no container instances in {cluster}"),
+            )
+        }
+        Cmd::Tasks { cluster, all, json } => {
+            let items = fleet::tasks(&hub, &cluster, all).await?;
+            let instances = if json {
+                Vec::new()
+            } else {
+                fleet::instances(&hub, &cluster).await?
+            };
+            let table = fleet::tasks_table(&items, &instances);
+            print(json, &items, table, &format!("no tasks in {cluster}"))
+        }
+        Cmd::Services { cluster, json } => {
+            let items = fleet::services(&hub, &cluster).await?;
+            let table = fleet::services_table(&items);
+            print(json, &items, table, &format!("no services in {cluster}"))
+        }
+    }
+}
