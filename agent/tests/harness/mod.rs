@@ -28,10 +28,13 @@ pub fn env() -> Env {
         containerd: var("SKERRY_TEST_CONTAINERD").into(),
         registry: var("SKERRY_TEST_REGISTRY"),
         images: var("SKERRY_TEST_IMAGES").into(),
-        // Containers run the agent as init and log driver, so prefer the static build.
+        // Containers run the agent as init and log driver, so prefer the static build. The
+        // end-to-end tests (another package) share this harness and have only the variable.
         agent_bin: std::env::var("SKERRY_AGENT_BIN")
             .map(PathBuf::from)
-            .unwrap_or_else(|_| PathBuf::from(env!("CARGO_BIN_EXE_skerry-agent"))),
+            .ok()
+            .or_else(|| option_env!("CARGO_BIN_EXE_skerry-agent").map(PathBuf::from))
+            .expect("SKERRY_AGENT_BIN is not set: point it at a built skerry-agent"),
     }
 }
 

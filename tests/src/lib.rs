@@ -1,0 +1,6 @@
+//! End-to-end tests that cross process boundaries: a hub and its broker started with
+//! `scripts/hub-up`, agents on the test environment's containerd, the aws CLI and `skerry`.
+//! The tests live in `tests/`; this library is empty.
+//!
+//! # Layout
+//! - `tests/fleet.rs`: registration, RunTask and services across two agents, restarts.

@@ -1,0 +1,481 @@
+//! The whole fleet on one machine: `scripts/hub-up` (hub + Mosquitto), an activation made
+//! with `skerry`, two agents that register with it, and the real aws CLI running tasks and a
+//! service across them. Restarts of the hub and of an agent lose nothing.
+
+#[path = "../../agent/tests/harness/mod.rs"]
+mod harness;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use harness::Agent;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the repository")
+        .to_path_buf()
+}
+
+/// A workspace binary: from `var` when set (scripts/test sets them), else next to this test.
+fn binary(var: &str, name: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(var) {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/fleet-… -> target/debug/NAME
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable in target/debug/deps");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build it (`cargo build -p …`) or set {var}",
+        p.display()
+    );
+    p
+}
+
+struct Stack {
+    dir: PathBuf,
+    env: HashMap<String, String>,
+}
+
+impl Stack {
+    fn up(dir: &Path) -> Stack {
+        let out = Command::new(repo().join("scripts/hub-up"))
+            .arg(dir)
+            .env("SKERRY_HUB_BIN", binary("SKERRY_HUB_BIN", "skerry-hub"))
+            .output()
+            .expect("run scripts/hub-up");
+        assert!(
+            out.status.success(),
+            "hub-up failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(dir.join("env")).expect("hub-up writes DIR/env");
+        let env = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches(['"', '\'']).to_string()))
+            .collect();
+        Stack {
+            dir: dir.to_path_buf(),
+            env,
+        }
+    }
+
+    fn down(&self) {
+        let status = Command::new(repo().join("scripts/hub-down"))
+            .arg(&self.dir)
+            .status()
+            .expect("run scripts/hub-down");
+        assert!(status.success(), "hub-down failed");
+    }
+
+    fn command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.envs(&self.env)
+            // Keep the aws CLI off the machine's own profiles and from retrying.
+            .env("AWS_CONFIG_FILE", self.dir.join("no-aws-config"))
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                self.dir.join("no-aws-credentials"),
+            )
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_MAX_ATTEMPTS", "1")
+            .env_remove("AWS_PROFILE");
+        cmd
+    }
+
+    fn aws(&self, args: &[&str]) -> Value {
+        let out = self
+            .command(Path::new("aws"))
+            .args(["--output", "json"])
+            .args(args)
+            .output()
+            .expect("run the aws CLI");
+        assert!(
+            out.status.success(),
+            "aws {args:?} failed: {}\nhub log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.hub_log()
+        );
+        if out.stdout.iter().all(u8::is_ascii_whitespace) {
+            return Value::Null;
+        }
+        serde_json::from_slice(&out.stdout).expect("aws prints JSON")
+    }
+
+    fn skerry(&self, args: &[&str]) -> Output {
+        self.command(&binary("SKERRY_CLI_BIN", "skerry"))
+            .args(args)
+            .output()
+            .expect("run skerry")
+    }
+
+    fn hub_log(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("hub.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    fn instances(&self) -> Vec<Value> {
+        let arns = self.aws(&["ecs", "list-container-instances", "--cluster", "default"]);
+        let arns: Vec<&str> = arns["containerInstanceArns"]
+            .as_array()
+            .expect("containerInstanceArns")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        if arns.is_empty() {
+            return Vec::new();
+        }
+        let mut args = vec![
+            "ecs",
+            "describe-container-instances",
+            "--cluster",
+            "default",
+            "--container-instances",
+        ];
+        args.extend(arns);
+        self.aws(&args)["containerInstances"]
+            .as_array()
+            .expect("containerInstances")
+            .clone()
+    }
+
+    fn tasks(&self, extra: &[&str]) -> Vec<Value> {
+        let mut list = vec!["ecs", "list-tasks", "--cluster", "default"];
+        list.extend(extra);
+        let arns = self.aws(&list);
+        let arns: Vec<&str> = arns["taskArns"]
+            .as_array()
+            .expect("taskArns")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        if arns.is_empty() {
+            return Vec::new();
+        }
+        let mut args = vec!["ecs", "describe-tasks", "--cluster", "default", "--tasks"];
+        args.extend(arns);
+        self.aws(&args)["tasks"].as_array().expect("tasks").clone()
+    }
+
+    /// Polls `probe` until it returns Some, or panics with `what` and the last value.
+    fn wait<T: std::fmt::Debug>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut probe: impl FnMut() -> Result<T, String>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match probe() {
+                Ok(v) => return v,
+                Err(last) if Instant::now() > deadline => {
+                    panic!(
+                        "{what}: not reached in {timeout:?}; last seen: {last}\nhub log:\n{}",
+                        self.hub_log()
+                    )
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(300)),
+            }
+        }
+    }
+}
+
+/// An agent of the fleet: the test harness's agent with a provisioning file.
+fn device(slot: u8, name: &str, provision: &Path) -> Agent {
+    let e = harness::env();
+    let agent = Agent::with(slot, name, &e.containerd, "");
+    let text = std::fs::read_to_string(&agent.config).expect("read agent config");
+    std::fs::write(
+        &agent.config,
+        format!("provision_file = \"{}\"\n{text}", provision.display()),
+    )
+    .expect("write agent config");
+    agent
+}
+
+fn running_per_instance(tasks: &[Value]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for t in tasks {
+        if t["lastStatus"] == "RUNNING" {
+            *m.entry(
+                t["containerInstanceArn"]
+                    .as_str()
+                    .unwrap_or("-")
+                    .to_string(),
+            )
+            .or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+#[test]
+fn two_agents_register_run_tasks_and_a_service_and_survive_restarts() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let stack = Stack::up(&tmp.path().join("hub"));
+
+    // One activation for both devices, written as a provisioning file by the CLI.
+    let prov_a = tmp.path().join("provision-a.toml");
+    let out = stack.skerry(&[
+        "activation",
+        "create",
+        "--cluster",
+        "default",
+        "--limit",
+        "2",
+        "--expires",
+        "1d",
+        "-o",
+        prov_a.to_str().expect("utf-8 path"),
+    ]);
+    assert!(
+        out.status.success(),
+        "skerry activation create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prov_b = tmp.path().join("provision-b.toml");
+    std::fs::copy(&prov_a, &prov_b).expect("copy provisioning file");
+
+    let mut a = device(50, "fleet-a", &prov_a);
+    let mut b = device(51, "fleet-b", &prov_b);
+    a.start();
+    b.start();
+
+    let instances = stack.wait(
+        "both agents registered and connected",
+        Duration::from_secs(90),
+        || {
+            let v = stack.instances();
+            let connected = v.iter().filter(|i| i["agentConnected"] == true).count();
+            if connected == 2 {
+                Ok(v)
+            } else {
+                Err(format!("{v:#?}"))
+            }
+        },
+    );
+    for i in &instances {
+        assert_eq!(i["status"], "ACTIVE");
+        assert!(
+            i["ec2InstanceId"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("mi-")),
+            "{i:#}"
+        );
+    }
+    // The activation code is scrubbed from both files once used.
+    for p in [&prov_a, &prov_b] {
+        let text = std::fs::read_to_string(p).expect("provisioning file");
+        assert!(
+            !text.contains("activation_code ="),
+            "{}:\n{text}",
+            p.display()
+        );
+    }
+    let out = stack.skerry(&["instances"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && table.lines().count() == 3,
+        "skerry instances:\n{table}"
+    );
+
+    let registry = harness::env().registry;
+    let def = json!({
+        "family": "fleet-sleep",
+        "requiresCompatibilities": ["EXTERNAL"],
+        "networkMode": "bridge",
+        "memory": "64",
+        "cpu": "128",
+        "containerDefinitions": [{
+            "name": "main", "image": format!("{registry}/busybox:latest"),
+            "essential": true, "stopTimeout": 2,
+            "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+        }]
+    });
+    stack.aws(&[
+        "ecs",
+        "register-task-definition",
+        "--cli-input-json",
+        &def.to_string(),
+    ]);
+
+    // RunTask --count 2 spreads over both instances and both reach RUNNING on the devices.
+    let run = stack.aws(&[
+        "ecs",
+        "run-task",
+        "--cluster",
+        "default",
+        "--task-definition",
+        "fleet-sleep",
+        "--count",
+        "2",
+        "--launch-type",
+        "EXTERNAL",
+    ]);
+    assert_eq!(run["failures"].as_array().map(Vec::len), Some(0), "{run:#}");
+    let tasks = stack.wait("two tasks RUNNING", Duration::from_secs(120), || {
+        let t = stack.tasks(&["--family", "fleet-sleep"]);
+        let per = running_per_instance(&t);
+        if per.len() == 2 && per.values().all(|n| *n == 1) {
+            Ok(t)
+        } else {
+            Err(format!("{per:?}"))
+        }
+    });
+    let task_arns: Vec<String> = tasks
+        .iter()
+        .map(|t| t["taskArn"].as_str().expect("taskArn").to_string())
+        .collect();
+    assert_eq!(
+        a.ps().len() + b.ps().len(),
+        2,
+        "each device runs exactly its task"
+    );
+
+    // A service of 3 spreads 2 + 1 on top of them.
+    stack.aws(&[
+        "ecs",
+        "create-service",
+        "--cluster",
+        "default",
+        "--service-name",
+        "web",
+        "--task-definition",
+        "fleet-sleep",
+        "--desired-count",
+        "3",
+        "--launch-type",
+        "EXTERNAL",
+    ]);
+    stack.wait("service web at 3 running", Duration::from_secs(120), || {
+        let s = stack.aws(&[
+            "ecs",
+            "describe-services",
+            "--cluster",
+            "default",
+            "--services",
+            "web",
+        ]);
+        let svc = &s["services"][0];
+        let t = stack.tasks(&["--service-name", "web"]);
+        let per = running_per_instance(&t);
+        let mut counts: Vec<usize> = per.values().copied().collect();
+        counts.sort();
+        if svc["runningCount"] == 3 && counts == [1, 2] {
+            Ok(())
+        } else {
+            Err(format!("{svc:#} {per:?}"))
+        }
+    });
+
+    // The hub restarts; nothing is lost and the agents reconnect.
+    stack.down();
+    let stack = Stack::up(&tmp.path().join("hub"));
+    stack.wait(
+        "agents reconnected after the hub restart",
+        Duration::from_secs(120),
+        || {
+            let v = stack.instances();
+            let ok = v.len() == 2 && v.iter().all(|i| i["agentConnected"] == true);
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("{v:#?}"))
+            }
+        },
+    );
+    assert_eq!(
+        stack.tasks(&[]).len(),
+        5,
+        "2 RunTask tasks + 3 service tasks after hub restart"
+    );
+
+    // An agent restarts: its tasks are adopted, not duplicated.
+    let before = a.containers();
+    a.stop();
+    a.start();
+    stack.wait("agent a reconnected", Duration::from_secs(120), || {
+        let v = stack.instances();
+        let ok = v.iter().all(|i| i["agentConnected"] == true);
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("{v:#?}"))
+        }
+    });
+    assert_eq!(
+        a.containers(),
+        before,
+        "the restarted agent adopted its containers"
+    );
+    assert_eq!(stack.tasks(&[]).len(), 5);
+
+    // Stop everything through the API; the devices stop the containers.
+    for arn in &task_arns {
+        stack.aws(&[
+            "ecs",
+            "stop-task",
+            "--cluster",
+            "default",
+            "--task",
+            arn,
+            "--reason",
+            "test done",
+        ]);
+    }
+    stack.aws(&[
+        "ecs",
+        "update-service",
+        "--cluster",
+        "default",
+        "--service",
+        "web",
+        "--desired-count",
+        "0",
+    ]);
+    stack.aws(&[
+        "ecs",
+        "delete-service",
+        "--cluster",
+        "default",
+        "--service",
+        "web",
+    ]);
+    stack.wait(
+        "every task STOPPED on the hub and the devices",
+        Duration::from_secs(120),
+        || {
+            let t = stack.tasks(&["--desired-status", "STOPPED"]);
+            let stopped = t.iter().filter(|t| t["lastStatus"] == "STOPPED").count();
+            let left = a.containers().len() + b.containers().len();
+            if stopped == 5 && left == 0 {
+                Ok(())
+            } else {
+                Err(format!("{stopped} stopped, {left} containers"))
+            }
+        },
+    );
+    let stopped = stack.tasks(&["--desired-status", "STOPPED"]);
+    let by_us = stopped
+        .iter()
+        .find(|t| t["taskArn"] == task_arns[0].as_str())
+        .expect("the stopped task is listed");
+    assert_eq!(by_us["stoppedReason"], "test done", "{by_us:#}");
+
+    a.stop();
+    b.stop();
+    stack.down();
+}
