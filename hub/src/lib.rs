@@ -8,10 +8,12 @@
 //! - `api`: the AWS JSON 1.1 protocol: operation dispatch and the error shape.
 //! - `ecs`: ECS operations: clusters and task definitions.
 //! - `ssm`: SSM activations, the credentials devices register with.
+//! - `ca`: the hub's certificate authority: device, server and hub client certificates.
 //! - `taskdef`: the check a task definition passes before it is stored.
 //! - `store`: the fleet state in SQLite; all SQL lives here (`store/instances.rs`: devices).
 
 pub mod api;
+pub mod ca;
 pub mod config;
 pub mod ecs;
 pub mod server;
