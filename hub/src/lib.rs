@@ -11,11 +11,13 @@
 //! - `ssm`: SSM activations, the credentials devices register with.
 //! - `ca`: the hub's certificate authority: device, server and hub client certificates.
 //! - `register`: the HTTPS listener devices register with (`POST /v1/register`).
+//! - `broker`: the Mosquitto configuration and ACL `skerry-hub broker-config` writes.
 //! - `taskdef`: the check a task definition passes before it is stored.
 //! - `store`: the fleet state in SQLite; all SQL lives here (`store/instances.rs`: devices
 //!   and their registration).
 
 pub mod api;
+pub mod broker;
 pub mod ca;
 pub mod config;
 pub mod ecs;
