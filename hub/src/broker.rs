@@ -51,8 +51,19 @@ pub enum BrokerError {
 pub struct BrokerFiles {
     /// Pass to `mosquitto -c`.
     pub conf: PathBuf,
-    /// Whether the broker's certificate was (re)issued; a running broker needs a restart.
-    pub new_certificate: bool,
+    pub certificate: Certificate,
+}
+
+/// What became of the broker's server certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Certificate {
+    /// The one there still fits.
+    Kept,
+    /// There was none.
+    Issued,
+    /// The one there did not fit (other names, another CA, near its end); a running
+    /// broker keeps the old one until it restarts.
+    Replaced,
 }
 
 /// Writes the broker's configuration, ACL, CA and server certificate into `out`.
@@ -81,8 +92,14 @@ pub fn write_config(config: &Config, ca: &Ca, out: &Path) -> Result<BrokerFiles,
         })
     };
     let names = config.broker_cert_names();
-    let new_certificate = !certificate_fits(&out, ca, &names);
-    if new_certificate {
+    let certificate = if certificate_fits(&out, ca, &names) {
+        Certificate::Kept
+    } else if out.join(CERT_FILE).exists() {
+        Certificate::Replaced
+    } else {
+        Certificate::Issued
+    };
+    if certificate != Certificate::Kept {
         let (cert, key) = ca.issue_server_cert(&names)?;
         // Key first: a crash between the two leaves a pair that does not fit, which the
         // next run replaces.
@@ -94,7 +111,7 @@ pub fn write_config(config: &Config, ca: &Ca, out: &Path) -> Result<BrokerFiles,
     write(CONF_FILE, mosquitto_conf(config, &out).as_bytes(), 0o644)?;
     Ok(BrokerFiles {
         conf: out.join(CONF_FILE),
-        new_certificate,
+        certificate,
     })
 }
 
@@ -238,7 +255,7 @@ mod tests {
         let ca = Ca::load_or_create(&c.ca_dir()).expect("ca");
         let out = dir.path().join("broker");
         let first = write_config(&c, &ca, &out).expect("write");
-        assert!(first.new_certificate);
+        assert_eq!(first.certificate, Certificate::Issued);
         let read = |n: &str| fs::read(out.join(n)).expect(n);
         let before: Vec<_> = [CONF_FILE, ACL_FILE, CA_FILE, CERT_FILE, KEY_FILE]
             .map(read)
@@ -247,7 +264,7 @@ mod tests {
         assert_eq!(
             second,
             BrokerFiles {
-                new_certificate: false,
+                certificate: Certificate::Kept,
                 ..first
             }
         );
@@ -268,27 +285,13 @@ mod tests {
             dir.path(),
             "[broker]\nlisten = \"127.0.0.1:18883\"\nurl = \"mqtts://10.0.2.2:18883\"\n",
         );
-        assert!(
-            write_config(&moved, &ca, &out)
-                .expect("moved")
-                .new_certificate
-        );
-        assert!(
-            !write_config(&moved, &ca, &out)
-                .expect("again")
-                .new_certificate
-        );
+        let certificate = |c: &Config| write_config(c, &ca, &out).expect("write").certificate;
+        assert_eq!(certificate(&moved), Certificate::Replaced);
+        assert_eq!(certificate(&moved), Certificate::Kept);
         // So does a certificate whose key is not the one beside it.
-        fs::write(
-            out.join(KEY_FILE),
-            ca.issue_client_cert("x").expect("other").1,
-        )
-        .expect("swap key");
-        assert!(
-            write_config(&moved, &ca, &out)
-                .expect("key")
-                .new_certificate
-        );
+        let (_, other_key) = ca.issue_client_cert("x").expect("other");
+        fs::write(out.join(KEY_FILE), other_key).expect("swap key");
+        assert_eq!(certificate(&moved), Certificate::Replaced);
     }
 
     #[test]

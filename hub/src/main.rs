@@ -71,8 +71,10 @@ fn broker_config(config: &Config, out: &std::path::Path) -> anyhow::Result<()> {
             out.display()
         )
     })?;
-    if files.new_certificate {
-        eprintln!("skerry-hub: new broker certificate; restart a running broker to use it");
+    if files.certificate == broker::Certificate::Replaced {
+        eprintln!(
+            "skerry-hub: the broker has a new certificate; restart a running broker to use it"
+        );
     }
     println!("{}", files.conf.display());
     Ok(())
