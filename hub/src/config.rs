@@ -3,11 +3,13 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::ca::is_server_name;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -41,6 +43,25 @@ struct RawConfig {
     region: Option<String>,
     account_id: Option<String>,
     shutdown_grace_secs: Option<u64>,
+    #[serde(default)]
+    registration: RawRegistration,
+    #[serde(default)]
+    broker: RawBroker,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistration {
+    listen: Option<String>,
+    server_names: Option<Vec<String>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBroker {
+    listen: Option<String>,
+    url: Option<String>,
+    hub_url: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -48,6 +69,81 @@ struct RawConfig {
 struct RawAccessKey {
     id: String,
     secret: String,
+}
+
+/// Where devices register: HTTPS, with a certificate from the hub's CA.
+pub const DEFAULT_REGISTRATION_LISTEN: &str = "127.0.0.1:8443";
+/// The names the hub's server certificates carry unless `server_names` says otherwise.
+pub const DEFAULT_SERVER_NAMES: &[&str] = &["localhost", "127.0.0.1"];
+/// MQTT over TLS's registered port, on loopback.
+pub const DEFAULT_BROKER_LISTEN: &str = "127.0.0.1:8883";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    pub listen: SocketAddr,
+    /// DNS names and IP addresses devices use to reach the hub and the broker; both
+    /// servers' certificates carry them.
+    pub server_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broker {
+    /// Where `broker-config` makes the broker listen.
+    pub listen: SocketAddr,
+    /// The broker as devices reach it, sent to them at registration.
+    pub url: BrokerUrl,
+    /// The broker as the hub itself reaches it.
+    pub hub_url: BrokerUrl,
+}
+
+/// `mqtts://HOST:PORT`; an IPv6 host is in brackets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.host.parse::<IpAddr>() {
+            Ok(IpAddr::V6(ip)) => write!(f, "mqtts://[{ip}]:{}", self.port),
+            _ => write!(f, "mqtts://{}:{}", self.host, self.port),
+        }
+    }
+}
+
+impl BrokerUrl {
+    fn parse(text: &str) -> Result<Self, String> {
+        let usage = || format!("{text:?} is not a URL like mqtts://10.0.2.2:8883");
+        let rest = text.strip_prefix("mqtts://").ok_or_else(|| {
+            format!("{text:?} must start with mqtts:// (devices only speak MQTT over TLS)")
+        })?;
+        let (host, port) = rest.rsplit_once(':').ok_or_else(usage)?;
+        let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(usage)?;
+        let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(v6) => v6
+                .parse::<std::net::Ipv6Addr>()
+                .map_err(|_| usage())?
+                .to_string(),
+            None if is_server_name(host) => host.to_string(),
+            None => return Err(usage()),
+        };
+        Ok(Self { host, port })
+    }
+
+    fn from_addr(addr: SocketAddr) -> Self {
+        Self {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        }
+    }
+}
+
+/// Adds `name` to `names` unless it is there already.
+fn push_unique(names: &mut Vec<String>, name: String) {
+    if !names.contains(&name) {
+        names.push(name);
+    }
 }
 
 #[derive(Clone)]
@@ -60,6 +156,8 @@ pub struct Config {
     pub account_id: String,
     /// How long in-flight requests may run after SIGTERM before the hub exits anyway.
     pub shutdown_grace: Duration,
+    pub registration: Registration,
+    pub broker: Broker,
 }
 
 // Hand-written so secrets never reach a log line.
@@ -74,6 +172,8 @@ impl fmt::Debug for Config {
             .field("region", &self.region)
             .field("account_id", &self.account_id)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("registration", &self.registration)
+            .field("broker", &self.broker)
             .finish()
     }
 }
@@ -168,6 +268,8 @@ impl Config {
                 format!("{grace} is more than 600"),
             ));
         }
+        let registration = parse_registration(raw.registration, &invalid)?;
+        let broker = parse_broker(raw.broker, &invalid)?;
         Ok(Config {
             listen,
             data_dir,
@@ -175,8 +277,122 @@ impl Config {
             region,
             account_id,
             shutdown_grace: Duration::from_secs(grace),
+            registration,
+            broker,
         })
     }
+
+    /// The hub's data directory holds the CA in `ca/`.
+    pub fn ca_dir(&self) -> PathBuf {
+        self.data_dir.join("ca")
+    }
+
+    /// The names on the registration listener's certificate.
+    pub fn registration_cert_names(&self) -> Vec<String> {
+        let mut names = self.registration.server_names.clone();
+        let ip = self.registration.listen.ip();
+        if !ip.is_unspecified() {
+            push_unique(&mut names, ip.to_string());
+        }
+        names
+    }
+
+    /// The names on the broker's certificate: the server names plus the hosts of both
+    /// broker URLs, so devices and the hub can each verify the name they connect to.
+    pub fn broker_cert_names(&self) -> Vec<String> {
+        let mut names = self.registration.server_names.clone();
+        for host in [&self.broker.url.host, &self.broker.hub_url.host] {
+            push_unique(&mut names, host.clone());
+        }
+        let ip = self.broker.listen.ip();
+        if !ip.is_unspecified() {
+            push_unique(&mut names, ip.to_string());
+        }
+        names
+    }
+}
+
+fn parse_addr(
+    field: &str,
+    value: Option<String>,
+    default: &str,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<SocketAddr, ConfigError> {
+    let text = value.unwrap_or_else(|| default.to_string());
+    text.parse()
+        .map_err(|_| invalid(field, format!("{text:?} is not an address like {default}")))
+}
+
+fn parse_registration(
+    raw: RawRegistration,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Registration, ConfigError> {
+    let listen = parse_addr(
+        "registration.listen",
+        raw.listen,
+        DEFAULT_REGISTRATION_LISTEN,
+        invalid,
+    )?;
+    let server_names = raw
+        .server_names
+        .unwrap_or_else(|| DEFAULT_SERVER_NAMES.iter().map(|n| n.to_string()).collect());
+    if server_names.is_empty() {
+        return Err(invalid(
+            "registration.server_names",
+            "list at least one DNS name or IP address devices reach the hub by".into(),
+        ));
+    }
+    for (i, name) in server_names.iter().enumerate() {
+        if !is_server_name(name) {
+            return Err(invalid(
+                &format!("registration.server_names[{i}]"),
+                format!("{name:?} is neither a DNS name nor an IP address"),
+            ));
+        }
+    }
+    Ok(Registration {
+        listen,
+        server_names,
+    })
+}
+
+fn parse_broker(
+    raw: RawBroker,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Broker, ConfigError> {
+    let listen = parse_addr("broker.listen", raw.listen, DEFAULT_BROKER_LISTEN, invalid)?;
+    if listen.port() == 0 {
+        return Err(invalid(
+            "broker.listen",
+            "needs a port: the broker cannot tell anyone which one it picked".into(),
+        ));
+    }
+    let derived = |field: &str| {
+        if listen.ip().is_unspecified() {
+            Err(invalid(
+                field,
+                format!(
+                    "is required when broker.listen is {listen}: give the address it is reached at, like mqtts://10.0.2.2:{}",
+                    listen.port()
+                ),
+            ))
+        } else {
+            Ok(BrokerUrl::from_addr(listen))
+        }
+    };
+    let url = match raw.url {
+        Some(u) => BrokerUrl::parse(&u).map_err(|r| invalid("broker.url", r))?,
+        None => derived("broker.url")?,
+    };
+    let hub_url = match raw.hub_url {
+        Some(u) => BrokerUrl::parse(&u).map_err(|r| invalid("broker.hub_url", r))?,
+        None => derived("broker.hub_url")?,
+    };
+    Ok(Broker {
+        listen,
+        url,
+        hub_url,
+    })
 }
 
 #[cfg(test)]
@@ -199,6 +415,59 @@ secret = "0123456789abcdef0123"
         assert_eq!(c.data_dir, Path::new("/etc/skerry/state"));
         assert_eq!(c.shutdown_grace, Duration::from_secs(10));
         assert!(!format!("{c:?}").contains("0123456789abcdef0123"));
+        assert_eq!(
+            c.registration.listen.to_string(),
+            DEFAULT_REGISTRATION_LISTEN
+        );
+        assert_eq!(c.registration.server_names, DEFAULT_SERVER_NAMES);
+        assert_eq!(c.broker.listen.to_string(), DEFAULT_BROKER_LISTEN);
+        assert_eq!(c.broker.url.to_string(), "mqtts://127.0.0.1:8883");
+        assert_eq!(c.broker.hub_url, c.broker.url);
+        assert_eq!(c.ca_dir(), Path::new("/etc/skerry/state/ca"));
+    }
+
+    #[test]
+    fn registration_and_broker_sections() {
+        let text = format!(
+            "{GOOD}\n[registration]\nlisten = \"0.0.0.0:9443\"\nserver_names = [\"hub.lan\", \"10.0.2.2\"]\n\
+             [broker]\nlisten = \"127.0.0.1:18883\"\nurl = \"mqtts://10.0.2.2:18883\"\n"
+        );
+        let c = Config::parse(&text, Path::new("hub.toml")).expect("valid");
+        assert_eq!(c.registration.listen.to_string(), "0.0.0.0:9443");
+        assert_eq!(c.broker.url.to_string(), "mqtts://10.0.2.2:18883");
+        assert_eq!(c.broker.hub_url.to_string(), "mqtts://127.0.0.1:18883");
+        // An unspecified listen address is no name anyone connects to.
+        assert_eq!(c.registration_cert_names(), ["hub.lan", "10.0.2.2"]);
+        assert_eq!(c.broker_cert_names(), ["hub.lan", "10.0.2.2", "127.0.0.1"]);
+        let v6 = format!("{GOOD}\n[broker]\nlisten = \"[::1]:8883\"\n");
+        let c = Config::parse(&v6, Path::new("hub.toml")).expect("v6");
+        assert_eq!(c.broker.url.to_string(), "mqtts://[::1]:8883");
+        assert_eq!(c.broker.url.host, "::1");
+    }
+
+    #[test]
+    fn bad_registration_and_broker_values_name_their_field() {
+        for (section, field) in [
+            ("[registration]\nlisten = \"8443\"", "registration.listen"),
+            (
+                "[registration]\nserver_names = []",
+                "registration.server_names",
+            ),
+            (
+                "[registration]\nserver_names = [\"a b\"]",
+                "registration.server_names[0]",
+            ),
+            ("[registration]\nlisen = \"x\"", "lisen"),
+            ("[broker]\nlisten = \"127.0.0.1:0\"", "broker.listen"),
+            ("[broker]\nurl = \"tcp://127.0.0.1:1883\"", "broker.url"),
+            ("[broker]\nurl = \"mqtts://127.0.0.1\"", "broker.url"),
+            ("[broker]\nhub_url = \"mqtts://h/x:1\"", "broker.hub_url"),
+            ("[broker]\nlisten = \"0.0.0.0:8883\"", "broker.url"),
+        ] {
+            let err = Config::parse(&format!("{GOOD}\n{section}\n"), Path::new("hub.toml"))
+                .expect_err(field);
+            assert!(err.to_string().contains(field), "{field}: {err}");
+        }
     }
 
     #[test]

@@ -24,7 +24,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, Api, ApiError};
+use crate::ca::{Ca, CaError};
 use crate::config::Config;
+use crate::register::{self, ListenError, Registrar};
 use crate::sigv4;
 use crate::store::{Store, StoreError};
 
@@ -38,6 +40,10 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum ServeError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error(transparent)]
+    Registration(#[from] ListenError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -51,20 +57,40 @@ pub enum ServeError {
 }
 
 struct State {
-    api: Api,
+    api: Arc<Api>,
     access_keys: HashMap<String, String>,
 }
 
 pub struct Server {
     state: Arc<State>,
     listener: TcpListener,
+    registration: register::Listener,
+    ca: Arc<Ca>,
     grace: Duration,
 }
 
 impl Server {
-    /// Opens the store and binds the listener; serving starts with [`Server::run`].
+    /// Opens the store, loads (or makes) the CA and binds both listeners; serving starts
+    /// with [`Server::run`].
     pub async fn bind(config: Config) -> Result<Self, ServeError> {
         let store = Store::open(&config.data_dir)?;
+        let ca = Arc::new(Ca::load_or_create(&config.ca_dir())?);
+        let cert_names = config.registration_cert_names();
+        let api = Arc::new(Api {
+            store,
+            region: config.region,
+            account_id: config.account_id,
+        });
+        let registration = register::Listener::bind(
+            config.registration.listen,
+            &cert_names,
+            Registrar {
+                api: api.clone(),
+                ca: ca.clone(),
+                broker_url: config.broker.url.to_string(),
+            },
+        )
+        .await?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -74,14 +100,12 @@ impl Server {
                 })?;
         Ok(Self {
             state: Arc::new(State {
-                api: Api {
-                    store,
-                    region: config.region,
-                    account_id: config.account_id,
-                },
+                api,
                 access_keys: config.access_keys,
             }),
             listener,
+            registration,
+            ca,
             grace: config.shutdown_grace,
         })
     }
@@ -90,9 +114,20 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// The address of the HTTPS registration listener.
+    pub fn registration_addr(&self) -> std::io::Result<SocketAddr> {
+        self.registration.local_addr()
+    }
+
+    /// The hub's CA, for the parts of the hub that issue or check certificates.
+    pub fn ca(&self) -> &Arc<Ca> {
+        &self.ca
+    }
+
     /// Serves until `shutdown` is cancelled, then lets open requests finish for up to the
     /// grace period.
     pub async fn run(self, shutdown: CancellationToken) {
+        let registration = tokio::spawn(self.registration.run(shutdown.clone(), self.grace));
         let graceful = GracefulShutdown::new();
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
@@ -136,6 +171,9 @@ impl Server {
                 tracing::warn!("grace period over; dropping the remaining connections")
             }
         }
+        if let Err(e) = registration.await {
+            tracing::error!(error = %e, "the registration listener panicked");
+        }
     }
 }
 
@@ -154,20 +192,29 @@ pub fn cancel_on_signals(token: CancellationToken) -> Result<(), ServeError> {
     Ok(())
 }
 
-/// Runs the hub until SIGTERM/SIGINT. The first line on stdout is `listening on ADDR`, so a
-/// supervisor or test can use port 0 and learn the port.
+/// Runs the hub until SIGTERM/SIGINT. The first line on stdout is `listening on ADDR` (the
+/// API), the second `registration listening on ADDR`, so a supervisor or test can use
+/// port 0 and learn the ports.
 pub async fn run(config: Config) -> Result<(), ServeError> {
     let server = Server::bind(config).await?;
-    let addr = server.local_addr().map_err(|source| ServeError::Bind {
-        addr: ([0, 0, 0, 0], 0).into(),
-        source,
-    })?;
+    let local = |r: std::io::Result<SocketAddr>| {
+        r.map_err(|source| ServeError::Bind {
+            addr: ([0, 0, 0, 0], 0).into(),
+            source,
+        })
+    };
+    let addr = local(server.local_addr())?;
+    let registration = local(server.registration_addr())?;
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone())?;
-    tracing::info!(%addr, "skerry-hub listening");
+    tracing::info!(%addr, %registration, fingerprint = %server.ca().fingerprint(), "skerry-hub listening");
     let mut out = std::io::stdout().lock();
     // stdout may be closed by the supervisor; the hub serves either way.
-    let _ = writeln!(out, "listening on {addr}").and_then(|()| out.flush());
+    let _ = writeln!(
+        out,
+        "listening on {addr}\nregistration listening on {registration}"
+    )
+    .and_then(|()| out.flush());
     drop(out);
     server.run(shutdown).await;
     Ok(())

@@ -95,7 +95,7 @@ CREATE INDEX container_instances_cluster ON container_instances(cluster, status)
 
 mod instances;
 
-pub use instances::ContainerInstance;
+pub use instances::{ContainerInstance, NewInstance, RegisterOutcome};
 
 pub struct Store {
     conn: Mutex<Connection>,

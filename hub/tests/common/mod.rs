@@ -1,12 +1,14 @@
-//! The hub under test: the real binary on a loopback port with a temporary data dir, and
+//! The hub under test: the real binary on loopback ports with a temporary data dir, and
 //! the real aws CLI pointed at it.
 // Each test crate uses a different part of this module.
 #![allow(dead_code)]
 
 use std::fs;
 use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -18,22 +20,66 @@ pub struct Hub {
     pub dir: PathBuf,
     child: Option<Child>,
     pub port: u16,
+    /// The HTTPS registration listener's port.
+    pub registration_port: u16,
+}
+
+/// A loopback port that was free a moment ago: bind port 0, note the port, let it go.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a loopback port")
+        .port()
+}
+
+/// The hub's config for `dir`, with `extra` (TOML sections) appended.
+pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let config = dir.join("hub.toml");
+    fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"state\"\nregion = \"{REGION}\"\n\
+             shutdown_grace_secs = 5\n\n[[access_keys]]\nid = \"{KEY_ID}\"\nsecret = \"{SECRET}\"\n\n\
+             [registration]\nlisten = \"127.0.0.1:0\"\n\n{extra}"
+        ),
+    )
+    .expect("write config");
+    config
+}
+
+/// Runs `cmd` to completion or kills it after `limit`, so a hung client fails the test
+/// instead of hanging it.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let pid = child.id();
+    let deadline = Instant::now() + limit;
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        Ok(out) => out.expect("wait for child"),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("{cmd:?} did not finish within {limit:?}")
+        }
+    }
 }
 
 impl Hub {
     /// Starts a hub on `dir`, writing its config on first use. Port 0: the hub reports the
-    /// port it got as its first stdout line.
+    /// API's port on its first stdout line and the registration listener's on the second.
     pub fn start(dir: &Path) -> Hub {
         let config = dir.join("hub.toml");
         if !config.exists() {
-            fs::write(
-                &config,
-                format!(
-                    "listen = \"127.0.0.1:0\"\ndata_dir = \"state\"\nregion = \"{REGION}\"\n\
-                     shutdown_grace_secs = 5\n\n[[access_keys]]\nid = \"{KEY_ID}\"\nsecret = \"{SECRET}\"\n"
-                ),
-            )
-            .expect("write config");
+            write_config(dir, "");
         }
         let log = fs::OpenOptions::new()
             .create(true)
@@ -47,24 +93,35 @@ impl Hub {
             .stderr(log)
             .spawn()
             .expect("spawn skerry-hub");
-        let mut line = String::new();
-        // Blocks until the hub is listening, or returns empty when it exits.
-        BufReader::new(child.stdout.take().expect("piped stdout"))
-            .read_line(&mut line)
-            .expect("read hub stdout");
-        let port = line
-            .trim()
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse().ok())
-            .unwrap_or_else(|| {
-                let log = fs::read_to_string(dir.join("hub.log")).unwrap_or_default();
-                panic!("hub did not report its address (got {line:?}); log:\n{log}")
-            });
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut port = || -> u16 {
+            let mut line = String::new();
+            // Blocks until the hub is listening, or returns empty when it exits.
+            stdout.read_line(&mut line).expect("read hub stdout");
+            line.trim()
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse().ok())
+                .unwrap_or_else(|| {
+                    let log = fs::read_to_string(dir.join("hub.log")).unwrap_or_default();
+                    panic!("hub did not report its address (got {line:?}); log:\n{log}")
+                })
+        };
+        let api_port = port();
+        let registration_port = port();
         Hub {
             dir: dir.to_path_buf(),
             child: Some(child),
-            port,
+            port: api_port,
+            registration_port,
         }
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("hub.toml")
+    }
+
+    pub fn registration_url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.registration_port)
     }
 
     /// SIGTERM, and the hub must exit cleanly.

@@ -1,0 +1,313 @@
+//! The Mosquitto 2.x configuration the hub's link needs (`skerry-hub broker-config`): one
+//! TLS listener that requires a client certificate from the hub's CA and takes the
+//! certificate's CN as the user name, and an ACL that keeps each device to its own topics
+//! while the hub's identity may use all of them. Rerunning rewrites the same files and keeps
+//! the broker's certificate while it still fits.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use skerry_proto::link::ROOT;
+use x509_parser::extensions::GeneralName;
+
+use crate::ca::{self, Ca, CaError, HUB_IDENTITY};
+use crate::config::Config;
+
+pub const CONF_FILE: &str = "mosquitto.conf";
+pub const ACL_FILE: &str = "acl";
+pub const CA_FILE: &str = "ca.crt";
+pub const CERT_FILE: &str = "server.crt";
+pub const KEY_FILE: &str = "server.key";
+/// Where Mosquitto keeps retained messages (the desired-state documents) across restarts.
+pub const PERSISTENCE_DIR: &str = "data";
+/// A broker certificate closer than this to its end is replaced on the next run.
+const RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot create directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Ca(#[from] CaError),
+}
+
+/// What [`write_config`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerFiles {
+    /// Pass to `mosquitto -c`.
+    pub conf: PathBuf,
+    pub certificate: Certificate,
+}
+
+/// What became of the broker's server certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Certificate {
+    /// The one there still fits.
+    Kept,
+    /// There was none.
+    Issued,
+    /// The one there did not fit (other names, another CA, near its end); a running
+    /// broker keeps the old one until it restarts.
+    Replaced,
+}
+
+/// Writes the broker's configuration, ACL, CA and server certificate into `out`.
+pub fn write_config(config: &Config, ca: &Ca, out: &Path) -> Result<BrokerFiles, BrokerError> {
+    let create = |path: &Path| {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(|source| BrokerError::CreateDir {
+                path: path.to_path_buf(),
+                source,
+            })
+    };
+    create(out)?;
+    // Mosquitto resolves relative paths from its working directory, not the file's.
+    let out = fs::canonicalize(out).map_err(|source| BrokerError::CreateDir {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    create(&out.join(PERSISTENCE_DIR))?;
+    let write = |name: &str, bytes: &[u8], mode: u32| {
+        ca::write_atomically(&out, name, bytes, mode).map_err(|source| BrokerError::Write {
+            path: out.join(name),
+            source,
+        })
+    };
+    let names = config.broker_cert_names();
+    let certificate = if certificate_fits(&out, ca, &names) {
+        Certificate::Kept
+    } else if out.join(CERT_FILE).exists() {
+        Certificate::Replaced
+    } else {
+        Certificate::Issued
+    };
+    if certificate != Certificate::Kept {
+        let (cert, key) = ca.issue_server_cert(&names)?;
+        // Key first: a crash between the two leaves a pair that does not fit, which the
+        // next run replaces.
+        write(KEY_FILE, key.as_bytes(), 0o600)?;
+        write(CERT_FILE, cert.as_bytes(), 0o644)?;
+    }
+    write(CA_FILE, ca.cert_pem().as_bytes(), 0o644)?;
+    write(ACL_FILE, acl().as_bytes(), 0o644)?;
+    write(CONF_FILE, mosquitto_conf(config, &out).as_bytes(), 0o644)?;
+    Ok(BrokerFiles {
+        conf: out.join(CONF_FILE),
+        certificate,
+    })
+}
+
+/// The ACL: the hub's identity may use every topic of the protocol; any other identity is a
+/// device, whose user name is its instance id, and may only read its desired state, write
+/// its reports and keep its presence.
+pub fn acl() -> String {
+    format!(
+        "# Written by skerry-hub broker-config; rerunning it rewrites this file.\n\
+         # Every identity but the hub's is a device whose user name (its certificate's CN)\n\
+         # is its instance id.\n\
+         pattern read {ROOT}/%u/desired\n\
+         pattern write {ROOT}/%u/up\n\
+         pattern readwrite {ROOT}/%u/presence\n\
+         \n\
+         user {HUB_IDENTITY}\n\
+         topic readwrite {ROOT}/#\n"
+    )
+}
+
+fn mosquitto_conf(config: &Config, out: &Path) -> String {
+    let path = |name: &str| out.join(name).display().to_string();
+    let listen = config.broker.listen;
+    format!(
+        "# Written by skerry-hub broker-config; rerunning it rewrites this file.\n\
+         per_listener_settings false\n\
+         allow_anonymous false\n\
+         acl_file {acl}\n\
+         # Retained desired-state documents must survive a broker restart.\n\
+         persistence true\n\
+         persistence_location {data}/\n\
+         autosave_interval 60\n\
+         log_dest stderr\n\
+         log_type error\n\
+         log_type warning\n\
+         log_type notice\n\
+         log_type information\n\
+         # These files belong to whoever ran broker-config and the key is 0600: a broker\n\
+         # started as root keeps root instead of switching to the mosquitto user, which\n\
+         # could not read them. A broker started as another user ignores this line.\n\
+         user root\n\
+         \n\
+         listener {port} {ip}\n\
+         cafile {ca}\n\
+         certfile {cert}\n\
+         keyfile {key}\n\
+         tls_version tlsv1.2\n\
+         require_certificate true\n\
+         use_identity_as_username true\n",
+        acl = path(ACL_FILE),
+        data = path(PERSISTENCE_DIR),
+        port = listen.port(),
+        ip = listen.ip(),
+        ca = path(CA_FILE),
+        cert = path(CERT_FILE),
+        key = path(KEY_FILE),
+    )
+}
+
+/// Whether the broker certificate in `out` is the CA's, carries exactly `names`, belongs
+/// to the key beside it and has more than [`RENEW_BEFORE`] left.
+fn certificate_fits(out: &Path, ca: &Ca, names: &[String]) -> bool {
+    let (Ok(cert_pem), Ok(key_pem)) = (
+        fs::read(out.join(CERT_FILE)),
+        fs::read_to_string(out.join(KEY_FILE)),
+    ) else {
+        return false;
+    };
+    let Ok(der) = CertificateDer::from_pem_slice(&cert_pem) else {
+        return false;
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else {
+        return false;
+    };
+    let Ok((_, ca_cert)) = x509_parser::parse_x509_certificate(ca.cert_der()) else {
+        return false;
+    };
+    if cert.verify_signature(Some(ca_cert.public_key())).is_err() {
+        return false;
+    }
+    let Ok(key) = rcgen::KeyPair::from_pem(&key_pem) else {
+        return false;
+    };
+    if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+        return false;
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    if cert.validity().not_after.timestamp() - now < RENEW_BEFORE.as_secs() as i64 {
+        return false;
+    }
+    let have: BTreeSet<String> = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::DNSName(d) => Some(d.to_string()),
+                GeneralName::IPAddress(b) => ip_from_bytes(b).map(|ip| ip.to_string()),
+                _ => None,
+            })
+            .collect(),
+        _ => return false,
+    };
+    let want: BTreeSet<String> = names
+        .iter()
+        .map(|n| match n.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.to_string(),
+            Err(_) => n.clone(),
+        })
+        .collect();
+    have == want
+}
+
+fn ip_from_bytes(b: &[u8]) -> Option<std::net::IpAddr> {
+    match b.len() {
+        4 => <[u8; 4]>::try_from(b).ok().map(std::net::IpAddr::from),
+        16 => <[u8; 16]>::try_from(b).ok().map(std::net::IpAddr::from),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path, extra: &str) -> Config {
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"state\"\n\
+             [[access_keys]]\nid = \"AKIDSKERRYTEST\"\nsecret = \"0123456789abcdef0123\"\n{extra}"
+        );
+        Config::parse(&text, &dir.join("hub.toml")).expect("config")
+    }
+
+    #[test]
+    fn rerun_rewrites_the_same_files_and_keeps_a_fitting_certificate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = config(dir.path(), "[broker]\nlisten = \"127.0.0.1:18883\"\n");
+        let ca = Ca::load_or_create(&c.ca_dir()).expect("ca");
+        let out = dir.path().join("broker");
+        let first = write_config(&c, &ca, &out).expect("write");
+        assert_eq!(first.certificate, Certificate::Issued);
+        let read = |n: &str| fs::read(out.join(n)).expect(n);
+        let before: Vec<_> = [CONF_FILE, ACL_FILE, CA_FILE, CERT_FILE, KEY_FILE]
+            .map(read)
+            .to_vec();
+        let second = write_config(&c, &ca, &out).expect("rewrite");
+        assert_eq!(
+            second,
+            BrokerFiles {
+                certificate: Certificate::Kept,
+                ..first
+            }
+        );
+        let after: Vec<_> = [CONF_FILE, ACL_FILE, CA_FILE, CERT_FILE, KEY_FILE]
+            .map(read)
+            .to_vec();
+        assert_eq!(before, after);
+        let conf = String::from_utf8(read(CONF_FILE)).expect("utf8");
+        assert!(conf.contains("listener 18883 127.0.0.1\n"), "{conf}");
+        assert!(conf.contains("require_certificate true\n"));
+        assert!(conf.contains(&format!(
+            "persistence_location {}/data/\n",
+            out.canonicalize().expect("abs").display()
+        )));
+
+        // Another advertised name needs another certificate.
+        let moved = config(
+            dir.path(),
+            "[broker]\nlisten = \"127.0.0.1:18883\"\nurl = \"mqtts://10.0.2.2:18883\"\n",
+        );
+        let certificate = |c: &Config| write_config(c, &ca, &out).expect("write").certificate;
+        assert_eq!(certificate(&moved), Certificate::Replaced);
+        assert_eq!(certificate(&moved), Certificate::Kept);
+        // So does a certificate whose key is not the one beside it.
+        let (_, other_key) = ca.issue_client_cert("x").expect("other");
+        fs::write(out.join(KEY_FILE), other_key).expect("swap key");
+        assert_eq!(certificate(&moved), Certificate::Replaced);
+    }
+
+    #[test]
+    fn acl_gives_devices_their_own_topics_only() {
+        let acl = acl();
+        let lines: Vec<&str> = acl.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            lines,
+            [
+                "pattern read skerry/v1/%u/desired",
+                "pattern write skerry/v1/%u/up",
+                "pattern readwrite skerry/v1/%u/presence",
+                "",
+                "user skerry-hub",
+                "topic readwrite skerry/v1/#",
+            ]
+        );
+    }
+}

@@ -1,0 +1,337 @@
+//! The broker configuration `skerry-hub broker-config` writes, run by a real Mosquitto on a
+//! free loopback port and driven with the real `mosquitto_sub`/`mosquitto_pub`: devices
+//! reach only their own topics, the hub's identity reaches all, and nobody without a
+//! certificate from the hub's CA gets in.
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::time::{Duration, Instant};
+
+use common::{free_port, run_bounded};
+use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
+use skerry_hub::ca::{Ca, HUB_IDENTITY};
+
+const DEVICE_A: &str = "mi-0000000000000000a";
+const DEVICE_B: &str = "mi-0000000000000000b";
+const CLIENT_LIMIT: Duration = Duration::from_secs(20);
+
+fn mosquitto_bin() -> String {
+    std::env::var("MOSQUITTO").unwrap_or_else(|_| "/usr/sbin/mosquitto".into())
+}
+
+/// A client identity: certificate and key files.
+struct Identity {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn save(dir: &Path, name: &str, cert: &str, key: &str) -> Identity {
+    let id = Identity {
+        cert: dir.join(format!("{name}.crt")),
+        key: dir.join(format!("{name}.key")),
+    };
+    fs::write(&id.cert, cert).expect("write cert");
+    fs::write(&id.key, key).expect("write key");
+    id
+}
+
+/// A device identity as registration makes it: a key of its own, signed through a CSR.
+fn device(ca: &Ca, dir: &Path, instance_id: &str) -> Identity {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+    let csr = CertificateParams::default()
+        .serialize_request(&key)
+        .expect("csr")
+        .pem()
+        .expect("pem");
+    let (cert, _) = ca.sign_device_csr(&csr, instance_id).expect("sign");
+    save(dir, instance_id, &cert, &key.serialize_pem())
+}
+
+struct Broker {
+    child: Option<Child>,
+    conf: PathBuf,
+    ca_file: PathBuf,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Broker {
+    fn start(conf: &Path, ca_file: &Path, port: u16, log: &Path) -> Broker {
+        let log_file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log");
+        let child = Command::new(mosquitto_bin())
+            .arg("-c")
+            .arg(conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start mosquitto (apt-get install mosquitto)");
+        let mut broker = Broker {
+            child: Some(child),
+            conf: conf.to_path_buf(),
+            ca_file: ca_file.to_path_buf(),
+            port,
+            log: log.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let exited = broker
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() > deadline {
+                panic!(
+                    "mosquitto did not start listening ({exited:?}); log:\n{}",
+                    fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        broker
+    }
+
+    /// SIGTERM, as a service manager stops it; Mosquitto saves its state on the way out.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .expect("kill");
+            let status = child.wait().expect("wait for mosquitto");
+            assert!(status.success(), "mosquitto exited with {status}");
+        }
+    }
+
+    fn tls_args(&self, cmd: &mut Command, who: Option<&Identity>) {
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-V", "mqttv311", "-q", "1"])
+            .arg("--cafile")
+            .arg(&self.ca_file);
+        if let Some(id) = who {
+            cmd.arg("--cert").arg(&id.cert).arg("--key").arg(&id.key);
+        }
+    }
+
+    /// Publishes one message; returns whether mosquitto_pub succeeded and its stderr.
+    fn publish(
+        &self,
+        who: Option<&Identity>,
+        topic: &str,
+        payload: &str,
+        retain: bool,
+    ) -> (bool, String) {
+        let mut cmd = Command::new("mosquitto_pub");
+        self.tls_args(&mut cmd, who);
+        cmd.args(["-t", topic, "-m", payload]);
+        if retain {
+            cmd.arg("-r");
+        }
+        let out = run_bounded(&mut cmd, CLIENT_LIMIT);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Subscribes to `filter` for up to `wait`, or until `count` messages came; returns
+    /// the `topic payload` lines received.
+    fn receive(&self, who: &Identity, filter: &str, count: usize, wait: u64) -> Vec<String> {
+        let mut cmd = Command::new("mosquitto_sub");
+        self.tls_args(&mut cmd, Some(who));
+        cmd.args(["-t", filter, "-v", "-C", &count.to_string()])
+            .args(["-W", &wait.to_string()]);
+        let out = run_bounded(&mut cmd, Duration::from_secs(wait) + CLIENT_LIMIT);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// A subscriber that keeps running; its lines arrive on the receiver.
+    fn subscriber(&self, who: &Identity, filter: &str) -> (Child, Receiver<String>) {
+        let mut cmd = Command::new("mosquitto_sub");
+        self.tls_args(&mut cmd, Some(who));
+        let mut child = cmd
+            .args(["-t", filter, "-v"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = sync_channel(64);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (child, rx)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits for a line equal to `want`, returning every line seen up to and including it.
+fn wait_for(rx: &Receiver<String>, want: &str, limit: Duration) -> Vec<String> {
+    let deadline = Instant::now() + limit;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let done = line == want;
+                seen.push(line);
+                if done {
+                    return seen;
+                }
+            }
+            Err(_) => panic!("{want:?} did not arrive within {limit:?}; saw {seen:?}"),
+        }
+    }
+}
+
+#[test]
+fn devices_reach_only_their_own_topics_and_strangers_none() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let port = free_port();
+    let config = common::write_config(dir, &format!("[broker]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let out_dir = dir.join("broker");
+    let out = Command::new(env!("CARGO_BIN_EXE_skerry-hub"))
+        .args(["broker-config", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .expect("broker-config");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let conf = PathBuf::from(String::from_utf8(out.stdout).expect("utf8").trim());
+    assert_eq!(
+        conf,
+        out_dir.canonicalize().expect("abs").join("mosquitto.conf")
+    );
+
+    let ca = Ca::load_or_create(&dir.join("state/ca")).expect("the CA broker-config made");
+    let ids = dir.join("ids");
+    fs::create_dir(&ids).expect("mkdir");
+    let (cert, key) = ca.issue_client_cert(HUB_IDENTITY).expect("hub identity");
+    let hub = save(&ids, "hub", &cert, &key);
+    let a = device(&ca, &ids, DEVICE_A);
+    let b = device(&ca, &ids, DEVICE_B);
+    let elsewhere = Ca::load_or_create(&dir.join("other-ca")).expect("another CA");
+    let (cert, key) = elsewhere.issue_client_cert(DEVICE_A).expect("impostor");
+    let impostor = save(&ids, "impostor", &cert, &key);
+
+    let mut broker = Broker::start(
+        &conf,
+        &out_dir.join("ca.crt"),
+        port,
+        &dir.join("mosquitto.log"),
+    );
+    let desired = |id: &str| format!("skerry/v1/{id}/desired");
+    let up = |id: &str| format!("skerry/v1/{id}/up");
+
+    // The hub publishes each device's retained desired state; each device reads its own.
+    for (id, doc) in [(DEVICE_A, "doc-a"), (DEVICE_B, "doc-b")] {
+        let (ok, err) = broker.publish(Some(&hub), &desired(id), doc, true);
+        assert!(ok, "hub publish: {err}");
+    }
+    assert_eq!(
+        broker.receive(&a, &desired(DEVICE_A), 1, 10),
+        [format!("{} doc-a", desired(DEVICE_A))]
+    );
+    assert_eq!(
+        broker.receive(&b, &desired(DEVICE_B), 1, 10),
+        [format!("{} doc-b", desired(DEVICE_B))]
+    );
+    // A gets nothing of B's, named or through a wildcard, while B's document is there.
+    assert_eq!(
+        broker.receive(&a, &desired(DEVICE_B), 1, 2),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        broker.receive(&a, "skerry/v1/+/desired", 2, 2),
+        [format!("{} doc-a", desired(DEVICE_A))]
+    );
+    // A device cannot write its own desired state.
+    broker.publish(Some(&a), &desired(DEVICE_A), "forged", true);
+    assert_eq!(
+        broker.receive(&hub, &desired(DEVICE_A), 1, 10),
+        [format!("{} doc-a", desired(DEVICE_A))]
+    );
+
+    // The hub hears a device on its own `up`, never on another's. Mosquitto handles
+    // messages in order on one thread, so once A's own message is in, the forged one would
+    // have been too.
+    let (mut listener, rx) = broker.subscriber(&hub, "skerry/v1/+/up");
+    let probe = format!("{} probe", up("mi-probe"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, err) = broker.publish(Some(&hub), &up("mi-probe"), "probe", false);
+        assert!(ok, "hub probe: {err}");
+        if rx.recv_timeout(Duration::from_millis(300)).ok().as_deref() == Some(probe.as_str()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hub's subscriber never started"
+        );
+    }
+    broker.publish(Some(&a), &up(DEVICE_B), "forged-by-a", false);
+    let (ok, err) = broker.publish(Some(&a), &up(DEVICE_A), "from-a", false);
+    assert!(ok, "device publish: {err}");
+    let seen = wait_for(
+        &rx,
+        &format!("{} from-a", up(DEVICE_A)),
+        Duration::from_secs(10),
+    );
+    assert!(
+        seen.iter().all(|l| !l.contains("forged-by-a")),
+        "A's message reached B's up: {seen:?}"
+    );
+    let _ = listener.kill();
+    let _ = listener.wait();
+
+    // Strangers: a certificate from another CA (even with a device's name) and none at all.
+    let (ok, err) = broker.publish(Some(&impostor), &up(DEVICE_A), "x", false);
+    assert!(!ok, "a certificate from another CA was let in: {err}");
+    let (ok, err) = broker.publish(None, &up(DEVICE_A), "x", false);
+    assert!(!ok, "a client without a certificate was let in: {err}");
+    // The same command with A's own certificate works: the refusals were about identity.
+    let (ok, err) = broker.publish(Some(&a), &up(DEVICE_A), "x", false);
+    assert!(ok, "{err}");
+
+    // Retained desired state survives a broker restart.
+    broker.stop();
+    let log = broker.log.clone();
+    let conf = broker.conf.clone();
+    drop(broker);
+    let broker = Broker::start(&conf, &out_dir.join("ca.crt"), port, &log);
+    assert_eq!(
+        broker.receive(&a, &desired(DEVICE_A), 1, 10),
+        [format!("{} doc-a", desired(DEVICE_A))]
+    );
+}
