@@ -25,8 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, Api, ApiError};
 use crate::config::Config;
-use crate::sigv4;
+use crate::fleet::Fleet;
 use crate::store::{Store, StoreError};
+use crate::{ecs_tasks, scheduler, sigv4};
 
 /// Open connections beyond this wait in the kernel's accept backlog.
 const MAX_CONNECTIONS: usize = 256;
@@ -51,7 +52,8 @@ pub enum ServeError {
 }
 
 struct State {
-    api: Api,
+    api: Arc<Api>,
+    fleet: Arc<Fleet>,
     access_keys: HashMap<String, String>,
 }
 
@@ -65,6 +67,8 @@ impl Server {
     /// Opens the store and binds the listener; serving starts with [`Server::run`].
     pub async fn bind(config: Config) -> Result<Self, ServeError> {
         let store = Store::open(&config.data_dir)?;
+        let fleet = Fleet::new();
+        fleet.resume(&store)?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -74,11 +78,12 @@ impl Server {
                 })?;
         Ok(Self {
             state: Arc::new(State {
-                api: Api {
+                api: Arc::new(Api {
                     store,
                     region: config.region,
                     account_id: config.account_id,
-                },
+                }),
+                fleet: Arc::new(fleet),
                 access_keys: config.access_keys,
             }),
             listener,
@@ -93,6 +98,11 @@ impl Server {
     /// Serves until `shutdown` is cancelled, then lets open requests finish for up to the
     /// grace period.
     pub async fn run(self, shutdown: CancellationToken) {
+        let services = tokio::spawn(scheduler::run(
+            self.state.api.clone(),
+            self.state.fleet.clone(),
+            shutdown.clone(),
+        ));
         let graceful = GracefulShutdown::new();
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
@@ -135,6 +145,9 @@ impl Server {
             _ = tokio::time::sleep(self.grace) => {
                 tracing::warn!("grace period over; dropping the remaining connections")
             }
+        }
+        if let Err(e) = services.await {
+            tracing::error!(error = %e, "service loop panicked");
         }
     }
 }
@@ -284,9 +297,9 @@ async fn respond(state: Arc<State>, req: Request<Incoming>) -> Result<serde_json
     tracing::debug!(key = %verified.access_key_id, %target, "request");
     let operation = operation.to_string();
     tokio::task::spawn_blocking(move || {
-        state
-            .api
-            .call(service, &operation, &body, now.as_secs_f64())
+        let now = now.as_secs_f64();
+        ecs_tasks::route(&state.api, &state.fleet, service, &operation, &body, now)
+            .unwrap_or_else(|| state.api.call(service, &operation, &body, now))
     })
     .await
     .map_err(|e| {
