@@ -507,7 +507,7 @@ fn run_task(api: &Api, fleet: &Fleet, input: RunTaskInput, now: f64) -> Result<V
     let failures: Vec<Value> = placed
         .failures
         .iter()
-        .map(|f| json!({"arn": f.arn, "reason": f.reason, "detail": f.detail}))
+        .map(|f| json!({"arn": f.arn, "reason": f.shortage.reason(), "detail": f.detail}))
         .collect();
     Ok(json!({ "tasks": tasks, "failures": failures }))
 }

@@ -29,6 +29,8 @@ pub const SERVICE_TICK: Duration = Duration::from_secs(1);
 /// Stopped tasks stay visible this long, as in ECS.
 pub const STOPPED_TASK_RETENTION: Duration = Duration::from_secs(3600);
 const RETENTION_SWEEP: Duration = Duration::from_secs(60);
+/// Task ids are 32 hex digits, as in ECS.
+const TASK_ID_BYTES: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchedError {
@@ -376,11 +378,26 @@ pub fn load_definition(
     let Some(stored) = tx.task_definition(family, revision)? else {
         return Ok(None);
     };
-    let parsed = TaskDefinition::parse(&stored.body).map_err(|e| SchedError::BadDefinition {
+    let bad = |message: String| SchedError::BadDefinition {
         family: stored.family.clone(),
         revision: stored.revision,
-        message: e.to_string(),
-    })?;
+        message,
+    };
+    let parsed = TaskDefinition::parse(&stored.body).map_err(|e| bad(e.to_string()))?;
+    // Container ids are `<task id>-<name>`; the agent refuses a document with a bad one.
+    let example_task_id = "0".repeat(TASK_ID_BYTES * 2);
+    for c in &parsed.container_definitions {
+        let id = format!("{example_task_id}-{}", c.name);
+        if !skerry_proto::desired::is_containerd_id(&id) {
+            return Err(bad(format!(
+                "container name {:?} is too long or unusable for containerd: the task id ({} \
+                 characters), '-' and the name must make at most 76 letters and digits in runs \
+                 separated by single '.', '_' or '-'",
+                c.name,
+                example_task_id.len()
+            )));
+        }
+    }
     Ok(Some((stored, parsed)))
 }
 
@@ -432,7 +449,10 @@ pub fn new_task(api: &Api, spec: &TaskSpec, instance: &Candidate, now: f64) -> T
     let demand = Demand::of(&spec.definition);
     TaskRow {
         seq: 0,
-        arn: api.arn("ecs", &format!("task/{}/{}", spec.cluster, random_hex(16))),
+        arn: api.arn(
+            "ecs",
+            &format!("task/{}/{}", spec.cluster, random_hex(TASK_ID_BYTES)),
+        ),
         cluster: spec.cluster.clone(),
         instance_id: instance.id.clone(),
         instance_arn: instance.arn.clone(),
@@ -462,11 +482,11 @@ pub fn new_task(api: &Api, spec: &TaskSpec, instance: &Candidate, now: f64) -> T
     }
 }
 
-/// A task that found no room: the closest instance's ARN and ECS's reason.
+/// A task that found no room: the closest instance's ARN and what it lacked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
     pub arn: String,
-    pub reason: &'static str,
+    pub shortage: Shortage,
     pub detail: String,
 }
 
@@ -507,7 +527,7 @@ pub fn run_tasks(
                     .and_then(|i| candidates.get(i))
                     .map(|c| c.arn.clone())
                     .unwrap_or_default(),
-                reason: u.shortage.reason(),
+                shortage: u.shortage,
                 detail: shortage_detail(&u, &candidates, &demand),
             }),
         }
@@ -648,11 +668,7 @@ pub fn reconcile_service(
                                      (container-instance {}) has insufficient {} available. {}",
                                     s.name,
                                     short_id(&f.arn),
-                                    match f.reason {
-                                        "RESOURCE:MEMORY" => Shortage::Memory.what(),
-                                        "RESOURCE:CPU" => Shortage::Cpu.what(),
-                                        _ => Shortage::Ports.what(),
-                                    },
+                                    f.shortage.what(),
                                     f.detail
                                 ));
                             }
@@ -1085,7 +1101,7 @@ pub(crate) mod tests {
         // a has 112 MiB left, b 56: nothing fits 200.
         let more = run(&hub, "web", 1);
         assert!(more.tasks.is_empty());
-        assert_eq!(more.failures[0].reason, "RESOURCE:MEMORY");
+        assert_eq!(more.failures[0].shortage.reason(), "RESOURCE:MEMORY");
         assert!(more.failures[0].arn.ends_with(&format!("{:032x}", 1)));
         // Each placement bumped its instance's generation once.
         let doc = hub
@@ -1129,6 +1145,33 @@ pub(crate) mod tests {
             })
             .expect_err("no instances");
         assert!(err.to_string().contains("cluster edge"), "{err}");
+    }
+
+    #[test]
+    fn a_container_name_too_long_for_containerd_is_refused() {
+        let hub = hub();
+        let name = "n".repeat(44);
+        register(
+            &hub,
+            json!({"family": "long", "containerDefinitions": [
+                {"name": name, "image": "busybox", "memory": 8}]}),
+        );
+        let err = hub
+            .fleet
+            .write(&hub.api.store, |tx| load_definition(tx, "long", None))
+            .expect_err("44 characters do not fit");
+        assert!(matches!(err, SchedError::BadDefinition { .. }), "{err}");
+        assert!(err.to_string().contains(&name), "{err}");
+        // 43 do.
+        register(
+            &hub,
+            json!({"family": "long", "containerDefinitions": [
+                {"name": "n".repeat(43), "image": "busybox", "memory": 8}]}),
+        );
+        let ok = hub
+            .fleet
+            .write(&hub.api.store, |tx| load_definition(tx, "long", Some(2)));
+        assert!(matches!(ok, Ok(Some(_))));
     }
 
     fn add_service(hub: &Hub, name: &str, desired: i64, strategy: &str) -> i64 {
