@@ -144,6 +144,14 @@ fn mosquitto_conf(config: &Config, out: &Path) -> String {
          persistence true\n\
          persistence_location {data}/\n\
          autosave_interval 60\n\
+         # The hub's session is persistent: while the hub is away the broker keeps what\n\
+         # devices send it (devices drop a message from their outbox once the broker has\n\
+         # it), so the queue must not drop at the default 1000.\n\
+         max_queued_messages 10000000\n\
+         # Unacknowledged messages to one client; the hub's link reads ahead this far.\n\
+         max_inflight_messages {inflight}\n\
+         # A device cannot take over another client's session (the hub's included).\n\
+         use_username_as_clientid true\n\
          log_dest stderr\n\
          log_type error\n\
          log_type warning\n\
@@ -162,6 +170,7 @@ fn mosquitto_conf(config: &Config, out: &Path) -> String {
          require_certificate true\n\
          use_identity_as_username true\n",
         acl = path(ACL_FILE),
+        inflight = crate::link::BROKER_INFLIGHT,
         data = path(PERSISTENCE_DIR),
         port = listen.port(),
         ip = listen.ip(),

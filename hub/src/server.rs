@@ -26,9 +26,11 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, Api, ApiError};
 use crate::ca::{Ca, CaError};
 use crate::config::Config;
+use crate::fleet::Fleet;
+use crate::link::{Link, LinkError};
 use crate::register::{self, ListenError, Registrar};
-use crate::sigv4;
 use crate::store::{Store, StoreError};
+use crate::{ecs_tasks, scheduler, sigv4};
 
 /// Open connections beyond this wait in the kernel's accept backlog.
 const MAX_CONNECTIONS: usize = 256;
@@ -44,6 +46,8 @@ pub enum ServeError {
     Ca(#[from] CaError),
     #[error(transparent)]
     Registration(#[from] ListenError),
+    #[error(transparent)]
+    Link(#[from] LinkError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -58,6 +62,7 @@ pub enum ServeError {
 
 struct State {
     api: Arc<Api>,
+    fleet: Arc<Fleet>,
     access_keys: HashMap<String, String>,
 }
 
@@ -65,6 +70,7 @@ pub struct Server {
     state: Arc<State>,
     listener: TcpListener,
     registration: register::Listener,
+    link: Link,
     ca: Arc<Ca>,
     grace: Duration,
 }
@@ -91,6 +97,9 @@ impl Server {
             },
         )
         .await?;
+        let fleet = Fleet::new();
+        fleet.resume(&api.store)?;
+        let link = Link::new(&config.broker.hub_url, &ca)?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -101,10 +110,12 @@ impl Server {
         Ok(Self {
             state: Arc::new(State {
                 api,
+                fleet: Arc::new(fleet),
                 access_keys: config.access_keys,
             }),
             listener,
             registration,
+            link,
             ca,
             grace: config.shutdown_grace,
         })
@@ -128,6 +139,16 @@ impl Server {
     /// grace period.
     pub async fn run(self, shutdown: CancellationToken) {
         let registration = tokio::spawn(self.registration.run(shutdown.clone(), self.grace));
+        let services = tokio::spawn(scheduler::run(
+            self.state.api.clone(),
+            self.state.fleet.clone(),
+            shutdown.clone(),
+        ));
+        let link = tokio::spawn(self.link.run(
+            self.state.api.clone(),
+            self.state.fleet.clone(),
+            shutdown.clone(),
+        ));
         let graceful = GracefulShutdown::new();
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
@@ -173,6 +194,12 @@ impl Server {
         }
         if let Err(e) = registration.await {
             tracing::error!(error = %e, "the registration listener panicked");
+        }
+        if let Err(e) = services.await {
+            tracing::error!(error = %e, "service loop panicked");
+        }
+        if let Err(e) = link.await {
+            tracing::error!(error = %e, "the broker link panicked");
         }
     }
 }
@@ -331,9 +358,9 @@ async fn respond(state: Arc<State>, req: Request<Incoming>) -> Result<serde_json
     tracing::debug!(key = %verified.access_key_id, %target, "request");
     let operation = operation.to_string();
     tokio::task::spawn_blocking(move || {
-        state
-            .api
-            .call(service, &operation, &body, now.as_secs_f64())
+        let now = now.as_secs_f64();
+        ecs_tasks::route(&state.api, &state.fleet, service, &operation, &body, now)
+            .unwrap_or_else(|| state.api.call(service, &operation, &body, now))
     })
     .await
     .map_err(|e| {

@@ -91,11 +91,99 @@ CREATE TABLE container_instances (
 );
 CREATE INDEX container_instances_cluster ON container_instances(cluster, status);
 "#,
+    // 3: services, tasks and what devices report; the link's bookkeeping per instance.
+    r#"
+ALTER TABLE container_instances ADD COLUMN up_seq INTEGER NOT NULL DEFAULT 0;  -- highest seq applied
+ALTER TABLE container_instances ADD COLUMN metrics TEXT;                         -- latest HostMetrics JSON
+ALTER TABLE container_instances ADD COLUMN metrics_at REAL;                      -- its device time
+CREATE TABLE services (
+    id                      INTEGER PRIMARY KEY AUTOINCREMENT,
+    cluster                 TEXT NOT NULL,
+    name                    TEXT NOT NULL,
+    status                  TEXT NOT NULL,      -- ACTIVE, DRAINING, INACTIVE
+    family                  TEXT NOT NULL,
+    revision                INTEGER NOT NULL,
+    desired_count           INTEGER NOT NULL,
+    scheduling_strategy     TEXT NOT NULL,      -- REPLICA, DAEMON
+    maximum_percent         INTEGER NOT NULL,
+    minimum_healthy_percent INTEGER NOT NULL,
+    deployment_id           TEXT NOT NULL,      -- ecs-svc/..., the startedBy of its tasks
+    deployment_created_at   REAL NOT NULL,
+    tags                    TEXT NOT NULL,
+    created_at              REAL NOT NULL,
+    updated_at              REAL NOT NULL
+);
+-- One live service per name; an INACTIVE one stays describable until the name is reused.
+CREATE UNIQUE INDEX services_live ON services(cluster, name) WHERE status <> 'INACTIVE';
+CREATE INDEX services_name ON services(cluster, name, id);
+CREATE TABLE tasks (
+    seq                 INTEGER PRIMARY KEY AUTOINCREMENT,  -- creation order
+    arn                 TEXT NOT NULL UNIQUE,
+    cluster             TEXT NOT NULL,
+    instance_id         TEXT NOT NULL,
+    family              TEXT,               -- NULL: a device's task whose definition the hub lacks
+    revision            INTEGER,
+    task_definition_arn TEXT,
+    service_id          INTEGER,
+    started_by          TEXT,
+    grp                 TEXT NOT NULL,
+    client_token        TEXT,
+    last_status         TEXT NOT NULL,
+    desired_status      TEXT NOT NULL,
+    health_status       TEXT NOT NULL,
+    cpu                 INTEGER NOT NULL,   -- CPU units reserved
+    memory              INTEGER NOT NULL,   -- MiB reserved
+    ports               TEXT NOT NULL,      -- fixed host ports held, "8080/tcp" space-separated
+    containers          TEXT NOT NULL,      -- JSON, DescribeTasks' containers without ARNs
+    stopped_reason      TEXT,
+    stop_code           TEXT,
+    tags                TEXT NOT NULL,
+    version             INTEGER NOT NULL,
+    desired_generation  INTEGER NOT NULL,   -- the instance generation that carried its current entry
+    created_at          REAL NOT NULL,
+    started_at          REAL,
+    stopping_at         REAL,
+    stopped_at          REAL
+);
+CREATE INDEX tasks_instance ON tasks(instance_id, desired_status, last_status);
+CREATE INDEX tasks_cluster ON tasks(cluster, desired_status);
+CREATE INDEX tasks_service ON tasks(service_id) WHERE service_id IS NOT NULL;
+CREATE INDEX tasks_client_token ON tasks(cluster, client_token) WHERE client_token IS NOT NULL;
+CREATE INDEX tasks_stopped ON tasks(stopped_at) WHERE last_status = 'STOPPED';
+CREATE TABLE device_events (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,  -- arrival order, which is device order
+    instance_id TEXT NOT NULL,
+    seq         INTEGER,        -- the device's; NULL for what the hub itself saw
+    time        REAL NOT NULL,  -- the device's clock for its own events, else the hub's
+    task_arn    TEXT,
+    container   TEXT,
+    kind        TEXT NOT NULL,
+    message     TEXT NOT NULL
+);
+CREATE INDEX device_events_instance ON device_events(instance_id, id);
+CREATE TABLE service_events (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    service_id  INTEGER NOT NULL,
+    created_at  REAL NOT NULL,
+    message     TEXT NOT NULL
+);
+CREATE INDEX service_events_service ON service_events(service_id, id);
+"#,
 ];
 
+mod events;
+mod fleet;
 mod instances;
+mod services;
+mod tasks;
 
+pub use events::{DeviceEvent, ServiceEvent};
+pub use fleet::{DocumentRow, InstanceLoad, LinkState};
 pub use instances::{ContainerInstance, NewInstance, RegisterOutcome};
+pub use services::{DeploymentCounts, ServiceRow};
+pub use tasks::{
+    desired_status_name, health_status_name, task_status_name, TaskFilter, TaskRow, Txn, Written,
+};
 
 pub struct Store {
     conn: Mutex<Connection>,

@@ -190,3 +190,29 @@ impl Drop for Hub {
         }
     }
 }
+
+impl Hub {
+    /// The hub's data directory (the config's `data_dir`), for opening its store in-process.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, for at most `timeout`.
+pub fn eventually<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

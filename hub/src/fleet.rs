@@ -1,0 +1,1120 @@
+//! The hub's side of the device link, without the transport: the desired-state document
+//! of each instance, the instances whose document changed (for the publisher, which sends
+//! them retained), and [`Fleet::ingest`], which applies one message a device sent.
+//!
+//! Every change goes through [`Fleet::write`]: one store transaction, in which the
+//! generation of each instance whose document changed is bumped; once it commits, those
+//! instances are marked dirty and the publisher is woken. The dirty set holds instance ids,
+//! so it is bounded by the number of instances however often they change.
+//!
+//! Device messages are deduplicated by sequence number: each instance's highest applied seq
+//! is stored with the changes it brought, so a replayed message changes nothing, even after
+//! a hub restart. Seqs a message skips that it does not account for (folded or dropped) are
+//! logged as a gap, in the log and in the instance's events.
+
+use std::collections::{BTreeSet, HashSet};
+use std::ops::RangeInclusive;
+use std::sync::Mutex;
+
+use serde_json::{json, Map, Value};
+use skerry_proto::desired::{DesiredState, DesiredStatus, DesiredTask};
+use skerry_proto::link::{Envelope, Message};
+use skerry_proto::status::{ContainerReport, TaskReport, TaskStatus};
+use skerry_proto::taskdef::TaskDefinition;
+use tokio::sync::Notify;
+
+use crate::api::Api;
+use crate::scheduler::{self, Demand};
+use crate::store::{
+    desired_status_name, health_status_name, task_status_name, DeviceEvent, LinkState, Store,
+    StoreError, TaskRow, Txn,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no container instance {0}; a device must register before its messages count")]
+    UnknownInstance(String),
+    #[error("desired-state document of {instance}: {message}")]
+    BadDocument { instance: String, message: String },
+}
+
+/// What [`Fleet::ingest`] did with a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ingested {
+    /// Its seq was applied before: nothing changed.
+    Duplicate,
+    /// Applied. `missing` are seqs before it that never arrived and that it does not
+    /// account for.
+    Applied { missing: Vec<RangeInclusive<u64>> },
+}
+
+#[derive(Default)]
+pub struct Fleet {
+    dirty: Mutex<BTreeSet<String>>,
+    documents: Notify,
+    services: Notify,
+}
+
+impl Fleet {
+    pub fn new() -> Fleet {
+        Fleet::default()
+    }
+
+    /// Marks every instance dirty: after a restart the broker's retained documents may lag
+    /// behind the store (the hub may have stopped between a commit and its publish).
+    pub fn resume(&self, store: &Store) -> Result<(), StoreError> {
+        self.mark_dirty(store.instance_ids()?);
+        Ok(())
+    }
+
+    /// Runs `f` in one store transaction; once it commits, marks the instances whose
+    /// document changed dirty and wakes the publisher.
+    pub fn write<T, E: From<StoreError>>(
+        &self,
+        store: &Store,
+        f: impl FnOnce(&mut Txn<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let (value, written) = store.write(f)?;
+        self.mark_dirty(written.instances);
+        Ok(value)
+    }
+
+    pub fn mark_dirty(&self, ids: impl IntoIterator<Item = String>) {
+        let mut added = false;
+        {
+            // A panic elsewhere cannot leave a set of strings half-updated.
+            let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+            for id in ids {
+                added |= dirty.insert(id);
+            }
+        }
+        if added {
+            self.documents.notify_one();
+        }
+    }
+
+    /// Takes the instances whose document changed since the last call, in id order.
+    pub fn take_dirty(&self) -> Vec<String> {
+        let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *dirty).into_iter().collect()
+    }
+
+    /// Resolves when some document changed since the last [`Fleet::take_dirty`]. Meant for
+    /// one publisher: a change made while nobody waits is not lost.
+    pub async fn documents_changed(&self) {
+        self.documents.notified().await
+    }
+
+    /// Asks the service loop for a pass now, e.g. because a service's task stopped.
+    pub fn poke_services(&self) {
+        self.services.notify_one();
+    }
+
+    pub async fn services_changed(&self) {
+        self.services.notified().await
+    }
+
+    /// The instance's desired-state document: its generation, every task it is asked to
+    /// run, and every task asked to stop that it has not reported STOPPED, each with its
+    /// full task definition. `None` for no such instance.
+    pub fn desired_document(
+        &self,
+        api: &Api,
+        instance_id: &str,
+    ) -> Result<Option<DesiredState>, FleetError> {
+        let Some((generation, rows)) = api.store.document_rows(instance_id)? else {
+            return Ok(None);
+        };
+        let mut tasks = Vec::with_capacity(rows.len());
+        for r in rows {
+            let mut td = TaskDefinition::parse(&r.body).map_err(|e| FleetError::BadDocument {
+                instance: instance_id.to_string(),
+                message: format!(
+                    "task {}: task definition {}:{}: {e}",
+                    r.task_arn, r.family, r.revision
+                ),
+            })?;
+            td.task_definition_arn =
+                Some(scheduler::task_definition_arn(api, &r.family, r.revision));
+            td.revision = u32::try_from(r.revision).ok();
+            tasks.push(DesiredTask {
+                task_arn: r.task_arn,
+                task_definition: td,
+                desired_status: r.desired_status,
+            });
+        }
+        let doc = DesiredState {
+            generation: u64::try_from(generation).unwrap_or(0),
+            tasks,
+        };
+        // The agent refuses an invalid document whole; better to say so here.
+        doc.validate().map_err(|e| FleetError::BadDocument {
+            instance: instance_id.to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(Some(doc))
+    }
+
+    /// Records whether the instance's agent is connected, as its presence says.
+    pub fn set_connected(
+        &self,
+        api: &Api,
+        instance_id: &str,
+        connected: bool,
+        now: f64,
+    ) -> Result<(), FleetError> {
+        self.write(&api.store, |tx| -> Result<(), FleetError> {
+            if !tx.set_connected(instance_id, connected, now)? {
+                return Err(FleetError::UnknownInstance(instance_id.to_string()));
+            }
+            tx.add_device_event(&DeviceEvent {
+                instance_id: instance_id.to_string(),
+                seq: None,
+                time: now,
+                task_arn: None,
+                container: None,
+                kind: if connected {
+                    "connected"
+                } else {
+                    "disconnected"
+                }
+                .into(),
+                message: if connected {
+                    "agent connected"
+                } else {
+                    "agent disconnected"
+                }
+                .into(),
+            })?;
+            Ok(())
+        })
+    }
+
+    /// Applies one message from the device `instance_id` (the id its certificate names),
+    /// all of it in one transaction. `now` is the hub's clock.
+    pub fn ingest(
+        &self,
+        api: &Api,
+        instance_id: &str,
+        envelope: &Envelope,
+        now: f64,
+    ) -> Result<Ingested, FleetError> {
+        let mut poke = false;
+        let out = self.write(&api.store, |tx| -> Result<Ingested, FleetError> {
+            let link = tx
+                .link_state(instance_id)?
+                .ok_or_else(|| FleetError::UnknownInstance(instance_id.to_string()))?;
+            let seq = i64::try_from(envelope.seq).unwrap_or(i64::MAX);
+            if seq <= link.up_seq {
+                tracing::debug!(instance = instance_id, seq, "duplicate message ignored");
+                return Ok(Ingested::Duplicate);
+            }
+            let covers = envelope.covers();
+            let missing = missing(u64::try_from(link.up_seq).unwrap_or(0), &covers);
+            let time = envelope.entry.time;
+            let mut ctx = Ctx {
+                tx,
+                api,
+                link: &link,
+                seq,
+                time,
+                poke: false,
+            };
+            for r in &missing {
+                tracing::warn!(
+                    instance = instance_id,
+                    from = r.start(),
+                    to = r.end(),
+                    "device messages missing"
+                );
+                ctx.event(
+                    None,
+                    None,
+                    "seqGap",
+                    format!(
+                        "seqs {} to {} never arrived; the device's outbox skipped them",
+                        r.start(),
+                        r.end()
+                    ),
+                )?;
+            }
+            let high = covers
+                .last()
+                .map(|r| *r.end())
+                .unwrap_or(envelope.seq)
+                .max(envelope.seq);
+            ctx.tx
+                .set_up_seq(instance_id, i64::try_from(high).unwrap_or(i64::MAX), now)?;
+            ctx.apply(&envelope.entry.message)?;
+            poke = ctx.poke;
+            Ok(Ingested::Applied { missing })
+        })?;
+        if poke {
+            self.poke_services();
+        }
+        Ok(out)
+    }
+}
+
+/// Seqs after `high` up to the envelope's own that `covers` does not include.
+fn missing(high: u64, covers: &[RangeInclusive<u64>]) -> Vec<RangeInclusive<u64>> {
+    let mut out = Vec::new();
+    let mut next = high.saturating_add(1);
+    for r in covers {
+        if *r.end() < next {
+            continue;
+        }
+        if *r.start() > next {
+            out.push(next..=r.start() - 1);
+        }
+        next = r.end().saturating_add(1);
+    }
+    out
+}
+
+/// One message being applied.
+struct Ctx<'a, 't, 'c> {
+    tx: &'t mut Txn<'c>,
+    api: &'a Api,
+    link: &'a LinkState,
+    seq: i64,
+    /// The device's clock when it recorded the message.
+    time: f64,
+    /// A service's task stopped: the service loop should look now.
+    poke: bool,
+}
+
+impl Ctx<'_, '_, '_> {
+    fn event(
+        &mut self,
+        task_arn: Option<&str>,
+        container: Option<&str>,
+        kind: &str,
+        message: String,
+    ) -> Result<(), StoreError> {
+        self.tx.add_device_event(&DeviceEvent {
+            instance_id: self.link.id.clone(),
+            seq: Some(self.seq),
+            time: self.time,
+            task_arn: task_arn.map(str::to_string),
+            container: container.map(str::to_string),
+            kind: kind.to_string(),
+            message,
+        })
+    }
+
+    fn apply(&mut self, message: &Message) -> Result<(), FleetError> {
+        match message {
+            Message::TaskState { task } => self.report(task)?,
+            Message::Event {
+                kind,
+                task_arn,
+                container,
+                message,
+            } => {
+                let kind = serde_json::to_value(kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_else(|| "other".into());
+                self.event(
+                    task_arn.as_deref(),
+                    container.as_deref(),
+                    &kind,
+                    message.clone(),
+                )?;
+            }
+            Message::Applied { generation } => {
+                self.applied(*generation)?;
+                self.event(
+                    None,
+                    None,
+                    "applied",
+                    format!("applied generation {generation}"),
+                )?;
+            }
+            Message::FullState { generation, tasks } => self.full_state(*generation, tasks)?,
+            Message::Metrics(m) => {
+                let json = serde_json::to_string(m).unwrap_or_default();
+                self.tx.set_metrics(&self.link.id, &json, self.time)?;
+            }
+            Message::Dropped { what, count } => {
+                self.event(
+                    None,
+                    None,
+                    "dropped",
+                    format!("the device dropped {count} {what} messages under its outbox bound"),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn applied(&mut self, generation: u64) -> Result<(), FleetError> {
+        let g = i64::try_from(generation).unwrap_or(i64::MAX);
+        self.tx.set_applied_generation(&self.link.id, g)?;
+        // The device runs a generation this hub never made (the hub's state was restored
+        // from an older copy): move past it, or the next document is refused as older.
+        if g > self.link.generation {
+            tracing::warn!(
+                instance = %self.link.id,
+                device = g,
+                hub = self.link.generation,
+                "device is ahead of the hub's generation"
+            );
+            self.tx.raise_generation(&self.link.id, g + 1)?;
+            self.event(
+                None,
+                None,
+                "generationBehind",
+                format!(
+                    "the device runs generation {g}, newer than the hub's {}; the next \
+                     document is generation {}",
+                    self.link.generation,
+                    g + 1
+                ),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn full_state(&mut self, generation: u64, reports: &[TaskReport]) -> Result<(), FleetError> {
+        self.applied(generation)?;
+        let g = i64::try_from(generation).unwrap_or(i64::MAX);
+        for r in reports {
+            self.report(r)?;
+        }
+        let reported: HashSet<&str> = reports.iter().map(|r| r.task_arn.as_str()).collect();
+        for t in self.tx.document_tasks(&self.link.id)? {
+            // A task the device's generation already carried and that it does not list is
+            // gone from the device (its store was wiped, or it forgot a stopped task).
+            if reported.contains(t.arn.as_str()) || t.desired_generation > g {
+                continue;
+            }
+            let mut gone = t.clone();
+            if gone.desired_status == DesiredStatus::Running {
+                gone.desired_status = DesiredStatus::Stopped;
+                gone.stopped_reason.get_or_insert_with(|| {
+                    format!("the device no longer has this task (its full state at generation {generation} does not list it)")
+                });
+            }
+            gone.stopping_at.get_or_insert(self.time);
+            gone.last_status = TaskStatus::Stopped;
+            gone.stopped_at.get_or_insert(self.time);
+            for c in &mut gone.containers {
+                if let Some(o) = c.as_object_mut() {
+                    o.insert("lastStatus".into(), "STOPPED".into());
+                }
+            }
+            self.tx.save_task(Some(&t), &mut gone)?;
+            self.poke |= t.service_id.is_some();
+            self.event(
+                Some(&t.arn),
+                None,
+                "taskMissing",
+                format!(
+                    "{} -> STOPPED: not in the device's full state at generation {generation}",
+                    task_status_name(t.last_status)
+                ),
+            )?;
+        }
+        self.event(
+            None,
+            None,
+            "fullState",
+            format!(
+                "full state at generation {generation}: {} tasks",
+                reports.len()
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// Applies a task's report: its status, containers, times and stop reason. The hub's
+    /// wish to stop a task always wins over a device's RUNNING.
+    fn report(&mut self, r: &TaskReport) -> Result<(), FleetError> {
+        let Some(t) = self.tx.task(&r.task_arn)? else {
+            return self.unknown(r);
+        };
+        if t.instance_id != self.link.id {
+            tracing::warn!(instance = %self.link.id, task = %r.task_arn, owner = %t.instance_id, "device reported another instance's task");
+            self.event(
+                Some(&r.task_arn),
+                None,
+                "foreignTask",
+                format!(
+                    "ignored: the task belongs to container instance {}",
+                    t.instance_id
+                ),
+            )?;
+            return Ok(());
+        }
+        if t.last_status == TaskStatus::Stopped && r.last_status != TaskStatus::Stopped {
+            self.event(
+                Some(&r.task_arn),
+                None,
+                "staleReport",
+                format!(
+                    "ignored: reported {} after it was STOPPED",
+                    task_status_name(r.last_status)
+                ),
+            )?;
+            return Ok(());
+        }
+        let mut m = t.clone();
+        m.last_status = r.last_status;
+        m.health_status = r.health_status;
+        m.containers = merge_containers(&t.containers, &r.containers);
+        m.started_at = r.started_at.or(t.started_at);
+        if r.last_status == TaskStatus::Stopped || r.desired_status == DesiredStatus::Stopped {
+            m.desired_status = DesiredStatus::Stopped;
+        }
+        if m.desired_status == DesiredStatus::Stopped {
+            m.stopping_at = t.stopping_at.or(r.stopping_at).or(Some(self.time));
+        }
+        if r.last_status == TaskStatus::Stopped {
+            m.stopped_at = r.stopped_at.or(t.stopped_at).or(Some(self.time));
+        }
+        m.stopped_reason = t
+            .stopped_reason
+            .clone()
+            .or_else(|| r.stopped_reason.clone());
+        m.stop_code = t.stop_code.clone().or_else(|| r.stop_code.clone());
+        self.tx.save_task(Some(&t), &mut m)?;
+        if t.service_id.is_some()
+            && (m.last_status == TaskStatus::Stopped || m.desired_status == DesiredStatus::Stopped)
+            && t.is_live()
+        {
+            self.poke = true;
+        }
+        let message = state_message(Some(&t), &m);
+        self.event(Some(&r.task_arn), None, "taskState", message)?;
+        Ok(())
+    }
+
+    /// A task the hub does not know: recorded as a task of this instance. With a definition
+    /// the hub has, it is adopted as the device reports it; without one the hub cannot put
+    /// it in a document, so it is recorded as wanted STOPPED and the device gets a new
+    /// document, which leaves it out and so stops it.
+    fn unknown(&mut self, r: &TaskReport) -> Result<(), FleetError> {
+        let reference = r
+            .task_definition_arn
+            .as_deref()
+            .and_then(|a| a.strip_prefix(&self.api.arn("ecs", "task-definition/")))
+            .and_then(|rest| rest.rsplit_once(':'))
+            .and_then(|(f, rev)| Some((f.to_string(), rev.parse::<i64>().ok()?)));
+        let definition = match &reference {
+            Some((family, revision)) => {
+                match scheduler::load_definition(self.tx, family, Some(*revision)) {
+                    Ok(found) => found,
+                    Err(scheduler::SchedError::Store(e)) => return Err(e.into()),
+                    Err(_) => None,
+                }
+            }
+            None => None,
+        };
+        let adopt = definition.is_some() && self.link.status == "ACTIVE";
+        let demand = definition.as_ref().map(|(_, td)| Demand::of(td));
+        let family = reference.as_ref().map(|(f, _)| f.clone());
+        let mut row = TaskRow {
+            seq: 0,
+            arn: r.task_arn.clone(),
+            cluster: self.link.cluster.clone(),
+            instance_id: self.link.id.clone(),
+            instance_arn: self.link.arn.clone(),
+            family: definition.as_ref().map(|(d, _)| d.family.clone()),
+            revision: definition.as_ref().map(|(d, _)| d.revision),
+            task_definition_arn: r.task_definition_arn.clone(),
+            service_id: None,
+            started_by: None,
+            group: format!("family:{}", family.as_deref().unwrap_or("unknown")),
+            client_token: None,
+            last_status: r.last_status,
+            desired_status: if adopt && r.last_status != TaskStatus::Stopped {
+                r.desired_status
+            } else {
+                DesiredStatus::Stopped
+            },
+            health_status: r.health_status,
+            cpu: demand.as_ref().map_or(0, |d| d.cpu),
+            memory: demand.as_ref().map_or(0, |d| d.memory),
+            ports: demand.map(|d| d.ports).unwrap_or_default(),
+            containers: merge_containers(&[], &r.containers),
+            stopped_reason: r.stopped_reason.clone(),
+            stop_code: r.stop_code.clone(),
+            tags: Value::Array(Vec::new()),
+            version: 1,
+            desired_generation: 0,
+            created_at: r.created_at.unwrap_or(self.time),
+            started_at: r.started_at,
+            stopping_at: r.stopping_at,
+            stopped_at: r.stopped_at,
+        };
+        if row.desired_status == DesiredStatus::Stopped {
+            row.stopping_at.get_or_insert(self.time);
+            if !adopt {
+                row.stopped_reason
+                    .get_or_insert_with(|| "the hub did not ask for this task".into());
+            }
+        }
+        if row.last_status == TaskStatus::Stopped {
+            row.stopped_at.get_or_insert(self.time);
+        }
+        self.tx.save_task(None, &mut row)?;
+        if row.in_document().is_none() && row.last_status != TaskStatus::Stopped {
+            self.tx.bump_generation(&self.link.id)?;
+        }
+        let what = if adopt {
+            "adopted as reported"
+        } else {
+            "recorded to be stopped"
+        };
+        self.event(
+            Some(&r.task_arn),
+            None,
+            "unknownTask",
+            format!(
+                "the hub did not know this task; {what} ({})",
+                state_message(None, &row)
+            ),
+        )?;
+        Ok(())
+    }
+}
+
+/// "PENDING -> RUNNING (desired RUNNING); containers: web RUNNING"
+fn state_message(before: Option<&TaskRow>, after: &TaskRow) -> String {
+    let status = match before {
+        Some(b) if b.last_status != after.last_status => format!(
+            "{} -> {}",
+            task_status_name(b.last_status),
+            task_status_name(after.last_status)
+        ),
+        _ => task_status_name(after.last_status).to_string(),
+    };
+    let containers: Vec<String> = after
+        .containers
+        .iter()
+        .map(|c| {
+            let mut s = format!(
+                "{} {}",
+                c["name"].as_str().unwrap_or("?"),
+                c["lastStatus"].as_str().unwrap_or("?")
+            );
+            if let Some(code) = c["exitCode"].as_i64() {
+                s.push_str(&format!(" exit {code}"));
+            }
+            s
+        })
+        .collect();
+    let mut m = format!(
+        "{status} (desired {})",
+        desired_status_name(after.desired_status)
+    );
+    if !containers.is_empty() {
+        m.push_str(&format!("; containers: {}", containers.join(", ")));
+    }
+    if let Some(reason) = &after.stopped_reason {
+        if after.last_status == TaskStatus::Stopped {
+            m.push_str(&format!("; {reason}"));
+        }
+    }
+    m
+}
+
+/// The stored container objects with the device's reports applied, matched by name; a
+/// container the hub did not list is added.
+fn merge_containers(stored: &[Value], reports: &[ContainerReport]) -> Vec<Value> {
+    let mut out: Vec<Value> = stored.to_vec();
+    for c in reports {
+        let i = match out.iter().position(|v| v["name"] == c.name.as_str()) {
+            Some(i) => i,
+            None => {
+                out.push(json!({"name": c.name, "networkInterfaces": []}));
+                out.len() - 1
+            }
+        };
+        let mut o = match out[i].take() {
+            Value::Object(o) => o,
+            _ => Map::new(),
+        };
+        o.insert("name".into(), c.name.clone().into());
+        o.insert("image".into(), c.image.clone().into());
+        o.insert("lastStatus".into(), task_status_name(c.last_status).into());
+        o.insert(
+            "healthStatus".into(),
+            health_status_name(c.health_status).into(),
+        );
+        o.insert(
+            "networkBindings".into(),
+            serde_json::to_value(&c.network_bindings).unwrap_or_else(|_| json!([])),
+        );
+        for (key, value) in [
+            ("exitCode", c.exit_code.map(Value::from)),
+            ("reason", c.reason.clone().map(Value::from)),
+            ("runtimeId", c.runtime_id.clone().map(Value::from)),
+        ] {
+            match value {
+                Some(v) => o.insert(key.into(), v),
+                None => o.remove(key),
+            };
+        }
+        out[i] = Value::Object(o);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::tests::{add_instance, hub, register, run, web, Hub};
+    use skerry_proto::link::{Entry, EventKind, HostMetrics};
+    use skerry_proto::status::{HealthStatus, NetworkBinding};
+    use skerry_proto::taskdef::Protocol;
+
+    fn envelope(seq: u64, message: Message) -> Envelope {
+        Envelope {
+            seq,
+            folded: Vec::new(),
+            dropped: Vec::new(),
+            entry: Entry {
+                time: 100.0 + seq as f64,
+                message,
+            },
+        }
+    }
+
+    fn report(arn: &str, last: TaskStatus) -> TaskReport {
+        TaskReport {
+            task_arn: arn.into(),
+            task_definition_arn: None,
+            last_status: last,
+            desired_status: DesiredStatus::Running,
+            stopped_reason: None,
+            stop_code: None,
+            health_status: HealthStatus::Unknown,
+            created_at: Some(50.0),
+            started_at: (last == TaskStatus::Running).then_some(60.0),
+            stopping_at: None,
+            stopped_at: None,
+            containers: vec![ContainerReport {
+                name: "web".into(),
+                runtime_id: Some("x-web".into()),
+                last_status: last,
+                exit_code: None,
+                reason: None,
+                health_status: HealthStatus::Unknown,
+                network_bindings: vec![NetworkBinding {
+                    bind_ip: "0.0.0.0".into(),
+                    container_port: 80,
+                    host_port: 32768,
+                    protocol: Protocol::Tcp,
+                }],
+                image: "busybox".into(),
+            }],
+        }
+    }
+
+    fn state(arn: &str, last: TaskStatus) -> Message {
+        Message::TaskState {
+            task: report(arn, last),
+        }
+    }
+
+    fn ingest(hub: &Hub, id: &str, e: &Envelope) -> Ingested {
+        hub.fleet.ingest(&hub.api, id, e, 1000.0).expect("ingest")
+    }
+
+    fn task(hub: &Hub, arn: &str) -> TaskRow {
+        hub.api.store.task(arn).expect("get").expect("task exists")
+    }
+
+    fn kinds(hub: &Hub, id: &str) -> Vec<String> {
+        hub.api
+            .store
+            .device_events(id, 100)
+            .expect("events")
+            .into_iter()
+            .map(|e| e.kind)
+            .collect()
+    }
+
+    #[test]
+    fn task_state_updates_the_task_and_a_replay_changes_nothing() {
+        let hub = hub();
+        let id = add_instance(&hub, 1, 4096, 4096);
+        register(&hub, web(64));
+        let arn = run(&hub, "web", 1).tasks[0].arn.clone();
+        let e = envelope(1, state(&arn, TaskStatus::Running));
+        assert_eq!(ingest(&hub, &id, &e), Ingested::Applied { missing: vec![] });
+        let t = task(&hub, &arn);
+        assert_eq!(t.last_status, TaskStatus::Running);
+        assert_eq!(t.started_at, Some(60.0));
+        assert_eq!(t.containers[0]["networkBindings"][0]["hostPort"], 32768);
+        assert_eq!(t.containers[0]["runtimeId"], "x-web");
+        // Containers keep what the hub set and the device does not say.
+        assert_eq!(t.containers[0]["memory"], "64");
+        assert_eq!(t.version, 2);
+        let generation = hub
+            .api
+            .store
+            .link_state(&id)
+            .expect("link")
+            .expect("i")
+            .generation;
+
+        assert_eq!(ingest(&hub, &id, &e), Ingested::Duplicate);
+        // An older seq with a different story is a replay too.
+        let older = envelope(1, state(&arn, TaskStatus::Stopped));
+        assert_eq!(ingest(&hub, &id, &older), Ingested::Duplicate);
+        assert_eq!(task(&hub, &arn), t);
+        assert_eq!(kinds(&hub, &id), ["taskState"]);
+        // A status change does not change the document.
+        let link = hub.api.store.link_state(&id).expect("link").expect("i");
+        assert_eq!((link.generation, link.up_seq), (generation, 1));
+    }
+
+    #[test]
+    fn a_gap_is_logged_with_the_missing_range() {
+        let hub = hub();
+        let id = add_instance(&hub, 1, 4096, 4096);
+        let metrics = || {
+            Message::Metrics(HostMetrics {
+                cpu_percent: 3.0,
+                memory_used_mib: 100,
+                memory_total_mib: 900,
+                disk_used_mib: 1,
+                disk_total_mib: 2,
+                temperature_c: None,
+            })
+        };
+        ingest(&hub, &id, &envelope(1, metrics()));
+        let mut e = envelope(9, metrics());
+        e.folded = vec![(2, 3)];
+        e.dropped = vec![(7, 8)];
+        assert_eq!(
+            ingest(&hub, &id, &e),
+            Ingested::Applied {
+                missing: vec![4..=6]
+            }
+        );
+        let events = hub.api.store.device_events(&id, 10).expect("events");
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].kind, "seqGap");
+        assert_eq!(events[0].seq, Some(9));
+        assert!(
+            events[0].message.contains("4 to 6"),
+            "{}",
+            events[0].message
+        );
+        let (m, at) = hub
+            .api
+            .store
+            .instance_metrics(&id)
+            .expect("m")
+            .expect("some");
+        assert!(m.contains("\"memoryTotalMib\":900"), "{m}");
+        assert_eq!(at, 109.0);
+        // Messages within the covered ranges are replays now.
+        assert_eq!(
+            ingest(&hub, &id, &envelope(5, metrics())),
+            Ingested::Duplicate
+        );
+    }
+
+    #[test]
+    fn events_are_kept_in_device_order() {
+        let hub = hub();
+        let id = add_instance(&hub, 1, 4096, 4096);
+        for (seq, kind) in [
+            (1, EventKind::ContainerExited),
+            (2, EventKind::ContainerRestarted),
+        ] {
+            let m = Message::Event {
+                kind,
+                task_arn: Some("t".into()),
+                container: Some("web".into()),
+                message: format!("event {seq}"),
+            };
+            ingest(&hub, &id, &envelope(seq, m));
+        }
+        ingest(&hub, &id, &envelope(3, Message::Applied { generation: 0 }));
+        let events = hub.api.store.device_events(&id, 10).expect("events");
+        let got: Vec<(Option<i64>, &str, f64)> = events
+            .iter()
+            .map(|e| (e.seq, e.kind.as_str(), e.time))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Some(1), "containerExited", 101.0),
+                (Some(2), "containerRestarted", 102.0),
+                (Some(3), "applied", 103.0)
+            ]
+        );
+        assert_eq!(events[0].container.as_deref(), Some("web"));
+    }
+
+    #[test]
+    fn an_unknown_task_is_recorded_not_dropped() {
+        let hub = hub();
+        let id = add_instance(&hub, 1, 4096, 4096);
+        register(&hub, web(64));
+        let before = hub
+            .api
+            .store
+            .link_state(&id)
+            .expect("l")
+            .expect("i")
+            .generation;
+        // With a definition the hub has: adopted, and in the document from now on.
+        let known = "arn:aws:ecs:eu-west-1:123456789012:task/edge/0123456789abcdef";
+        let mut r = report(known, TaskStatus::Running);
+        r.task_definition_arn =
+            Some("arn:aws:ecs:eu-west-1:123456789012:task-definition/web:1".into());
+        ingest(&hub, &id, &envelope(1, Message::TaskState { task: r }));
+        let t = task(&hub, known);
+        assert_eq!(
+            (t.instance_id.as_str(), t.cluster.as_str()),
+            (id.as_str(), "edge")
+        );
+        assert_eq!(t.desired_status, DesiredStatus::Running);
+        assert_eq!(t.memory, 64, "its reservation counts against the instance");
+        let doc = hub
+            .fleet
+            .desired_document(&hub.api, &id)
+            .expect("d")
+            .expect("i");
+        assert!(doc.task(known).is_some());
+        assert_eq!(doc.generation, before as u64 + 1);
+
+        // Without one: recorded, wanted STOPPED, and left out of a new document.
+        let stray = "arn:aws:ecs:eu-west-1:123456789012:task/edge/stray";
+        ingest(&hub, &id, &envelope(2, state(stray, TaskStatus::Running)));
+        let t = task(&hub, stray);
+        assert_eq!(t.desired_status, DesiredStatus::Stopped);
+        assert_eq!(t.last_status, TaskStatus::Running);
+        assert_eq!(
+            t.stopped_reason.as_deref(),
+            Some("the hub did not ask for this task")
+        );
+        let doc2 = hub
+            .fleet
+            .desired_document(&hub.api, &id)
+            .expect("d")
+            .expect("i");
+        assert!(doc2.task(stray).is_none());
+        assert!(doc2.generation > doc.generation);
+        assert_eq!(kinds(&hub, &id), ["unknownTask", "unknownTask"]);
+    }
+
+    #[test]
+    fn another_instances_task_is_not_touched() {
+        let hub = hub();
+        let a = add_instance(&hub, 1, 4096, 64);
+        let b = add_instance(&hub, 2, 4096, 4096);
+        register(&hub, web(64));
+        let placed = run(&hub, "web", 2);
+        let on_b = placed
+            .tasks
+            .iter()
+            .find(|t| t.instance_id == b)
+            .expect("on b");
+        ingest(
+            &hub,
+            &a,
+            &envelope(1, state(&on_b.arn, TaskStatus::Stopped)),
+        );
+        assert_eq!(task(&hub, &on_b.arn).last_status, TaskStatus::Pending);
+        assert_eq!(kinds(&hub, &a), ["foreignTask"]);
+    }
+
+    #[test]
+    fn a_task_that_stops_on_its_own_leaves_the_document() {
+        let hub = hub();
+        let id = add_instance(&hub, 1, 4096, 4096);
+        register(&hub, web(64));
+        let arn = run(&hub, "web", 1).tasks[0].arn.clone();
+        let g1 = hub
+            .fleet
+            .desired_document(&hub.api, &id)
+            .expect("d")
+            .expect("i")
+            .generation;
+        let mut r = report(&arn, TaskStatus::Stopped);
+        r.stopped_reason = Some("Essential container in task exited".into());
+        r.stop_code = Some("EssentialContainerExited".into());
+        r.containers[0].exit_code = Some(3);
+        ingest(&hub, &id, &envelope(1, Message::TaskState { task: r }));
+        let t = task(&hub, &arn);
+        assert_eq!(
+            (t.last_status, t.desired_status),
+            (TaskStatus::Stopped, DesiredStatus::Stopped)
+        );
+        assert_eq!(t.stop_code.as_deref(), Some("EssentialContainerExited"));
+        assert_eq!(t.containers[0]["exitCode"], 3);
+        assert_eq!(t.stopped_at, Some(101.0));
+        let doc = hub
+            .fleet
+            .desired_document(&hub.api, &id)
+            .expect("d")
+            .expect("i");
+        assert!(doc.tasks.is_empty());
+        assert_eq!(doc.generation, g1 + 1);
+        // A late RUNNING for a STOPPED task is ignored.
+        ingest(&hub, &id, &envelope(2, state(&arn, TaskStatus::Running)));
+        assert_eq!(task(&hub, &arn).last_status, TaskStatus::Stopped);
+    }
+
+    #[test]
+    fn full_state_reconciles_every_task() {
+        let hub = hub();
+        let id = add_instance(&hub, 1, 4096, 4096);
+        register(&hub, web(64));
+        let placed = run(&hub, "web", 3);
+        let arns: Vec<String> = placed.tasks.iter().map(|t| t.arn.clone()).collect();
+        // The hub wants the second one stopped.
+        hub.fleet
+            .write(&hub.api.store, |tx| -> Result<(), StoreError> {
+                let t = tx.task(&arns[1])?.expect("task");
+                scheduler::stop_task(tx, &t, "by test", "UserInitiated", 20.0)?;
+                Ok(())
+            })
+            .expect("stop");
+        let g = hub
+            .api
+            .store
+            .link_state(&id)
+            .expect("l")
+            .expect("i")
+            .generation;
+        assert_eq!(g, 4);
+        // The device ran generation 3: it knows the first two, still running; the third
+        // (from generation 3) it does not list, so it no longer has it.
+        let full = Message::FullState {
+            generation: 3,
+            tasks: vec![
+                report(&arns[0], TaskStatus::Running),
+                report(&arns[1], TaskStatus::Running),
+            ],
+        };
+        ingest(&hub, &id, &envelope(1, full));
+        let first = task(&hub, &arns[0]);
+        assert_eq!(
+            (first.last_status, first.desired_status),
+            (TaskStatus::Running, DesiredStatus::Running)
+        );
+        // The device's RUNNING does not undo the hub's stop.
+        let second = task(&hub, &arns[1]);
+        assert_eq!(
+            (second.last_status, second.desired_status),
+            (TaskStatus::Running, DesiredStatus::Stopped)
+        );
+        let third = task(&hub, &arns[2]);
+        assert_eq!(
+            (third.last_status, third.desired_status),
+            (TaskStatus::Stopped, DesiredStatus::Stopped)
+        );
+        assert!(third
+            .stopped_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("generation 3")));
+        let link = hub.api.store.link_state(&id).expect("l").expect("i");
+        assert_eq!(link.applied_generation, 3);
+        let doc = hub
+            .fleet
+            .desired_document(&hub.api, &id)
+            .expect("d")
+            .expect("i");
+        let entries: Vec<(&str, DesiredStatus)> = doc
+            .tasks
+            .iter()
+            .map(|t| (t.task_arn.as_str(), t.desired_status))
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                (arns[0].as_str(), DesiredStatus::Running),
+                (arns[1].as_str(), DesiredStatus::Stopped)
+            ]
+        );
+        assert_eq!(doc.generation, 5, "the third task left the document");
+        assert_eq!(
+            kinds(&hub, &id),
+            ["taskState", "taskState", "taskMissing", "fullState"]
+        );
+
+        // A device ahead of the hub (restored from an older copy) pushes the generation past.
+        let ahead = Message::FullState {
+            generation: 40,
+            tasks: vec![report(&arns[0], TaskStatus::Running)],
+        };
+        ingest(&hub, &id, &envelope(2, ahead));
+        // 41 to move past the device, 42 as the task asked to stop, which the device no
+        // longer lists, leaves the document.
+        let doc = hub
+            .fleet
+            .desired_document(&hub.api, &id)
+            .expect("d")
+            .expect("i");
+        assert_eq!(doc.generation, 42);
+        assert_eq!(doc.tasks.len(), 1);
+        assert_eq!(task(&hub, &arns[1]).last_status, TaskStatus::Stopped);
+    }
+
+    #[test]
+    fn connection_changes_are_recorded() {
+        let hub = hub();
+        let id = add_instance(&hub, 1, 4096, 4096);
+        hub.fleet
+            .set_connected(&hub.api, &id, false, 5.0)
+            .expect("set");
+        let i = hub
+            .api
+            .store
+            .container_instance(&id)
+            .expect("get")
+            .expect("i");
+        assert!(!i.agent_connected);
+        assert_eq!(i.last_seen_at, Some(5.0));
+        assert_eq!(kinds(&hub, &id), ["disconnected"]);
+        let err = hub
+            .fleet
+            .set_connected(&hub.api, "mi-00000000000000099", true, 5.0)
+            .expect_err("unknown");
+        assert!(err.to_string().contains("mi-00000000000000099"), "{err}");
+    }
+
+    #[test]
+    fn dirty_instances_are_taken_once_and_wake_the_publisher() {
+        let hub = hub();
+        let id = add_instance(&hub, 1, 4096, 4096);
+        register(&hub, web(64));
+        run(&hub, "web", 1);
+        let waited = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+            .block_on(async {
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    hub.fleet.documents_changed(),
+                )
+                .await
+            });
+        assert!(waited.is_ok(), "a change made before waiting still wakes");
+        assert_eq!(hub.fleet.take_dirty(), vec![id]);
+        assert!(hub.fleet.take_dirty().is_empty());
+    }
+
+    #[test]
+    fn missing_seqs_skip_what_the_envelope_covers() {
+        assert_eq!(missing(0, &[1..=1]), Vec::<RangeInclusive<u64>>::new());
+        assert_eq!(missing(4, &[9..=9]), vec![5..=8]);
+        // Folded 5..=6 accounts for those; 7..=8 are a gap.
+        assert_eq!(missing(4, &[5..=6, 9..=9]), vec![7..=8]);
+        // Coverage reaching below the high-water mark is not a gap.
+        assert_eq!(missing(6, &[3..=7, 9..=10]), vec![8..=8]);
+    }
+}
