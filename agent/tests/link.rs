@@ -190,6 +190,22 @@ fn invalid_desired_state_is_reported_not_applied_and_the_will_says_offline() {
         check_no_gap_in_order(&seen);
     }
 
+    // A document not newer than the applied generation is ignored.
+    let from = std::fs::read_to_string(&a.log).expect("log").len();
+    let stale =
+        json!({"generation": 1, "tasks": [task("stale", sh_task(&image, "stale", "true"))]});
+    hub.publish_desired(INSTANCE, &stale.to_string());
+    harness::wait_for("the stale document to be ignored", WAIT, || {
+        std::fs::read_to_string(&a.log).unwrap_or_default()[from..]
+            .contains("not newer than the applied one")
+    });
+    let tasks = a.ps();
+    assert_eq!(
+        tasks.len(),
+        1,
+        "the stale document changed nothing: {tasks:#?}"
+    );
+
     // The broker announces the device's death with its last will.
     a.kill9();
     hub.wait("presence offline (the last will)", WAIT, |s| {
