@@ -830,9 +830,7 @@ mod tests {
         verify(pin, &[server], "hub.example").expect_err("no CA presented");
     }
 
-    #[test]
-    fn identity_stores_whole_and_loads_back() {
-        let hub = ca("hub ca");
+    fn device_identity(hub: &Ca) -> Identity {
         let key = KeyPair::generate().expect("key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
         params
@@ -840,7 +838,7 @@ mod tests {
             .push(rcgen::DnType::CommonName, "mi-0123456789abcdef0");
         let issuer = Issuer::from_params(&hub.params, &hub.key);
         let cert = params.signed_by(&key, &issuer).expect("sign");
-        let id = Identity {
+        Identity {
             meta: IdentityMeta {
                 instance_id: "mi-0123456789abcdef0".into(),
                 container_instance_arn: "arn:aws:ecs:us-east-1:0:container-instance/default/x"
@@ -853,7 +851,13 @@ mod tests {
             key_pem: key.serialize_pem(),
             cert_pem: cert.pem(),
             ca_pem: hub.pem.clone(),
-        };
+        }
+    }
+
+    #[test]
+    fn identity_stores_whole_and_loads_back() {
+        let hub = ca("hub ca");
+        let id = device_identity(&hub);
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("identity");
         assert!(Identity::load(&dir).expect("load").is_none());
@@ -883,6 +887,71 @@ mod tests {
             .expect_err("mismatched key")
             .to_string();
         assert!(e.contains("not for this device's key"), "{e}");
+    }
+
+    #[test]
+    fn plan_follows_the_identity_and_the_activation() {
+        let hub = ca("hub ca");
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("identity");
+        let prov = tmp.path().join("provision.toml");
+        let write =
+            |activation: &str, code: bool| {
+                std::fs::write(
+                    &prov,
+                    format!(
+                    "hub_url = \"https://127.0.0.1:8443\"\nactivation_id = \"{activation}\"\n{}\
+                     ca_fingerprint = \"{}\"\n",
+                    if code { "activation_code = \"abc123\"\n" } else { "" },
+                    hex::encode(fingerprint(&hub.der))
+                ),
+                )
+                .expect("write");
+            };
+        let same = "1da5d8c4-2a28-44b5-ac86-911892afea04";
+        let other = "2eb6e9d5-3b39-45c6-bd97-a22903b0fb15";
+        assert!(matches!(Plan::decide(&dir, None), Plan::Standalone));
+        assert!(
+            matches!(Plan::decide(&dir, Some(&prov)), Plan::Standalone),
+            "no file"
+        );
+        write(same, false);
+        assert!(
+            matches!(Plan::decide(&dir, Some(&prov)), Plan::Standalone),
+            "no code"
+        );
+        write(same, true);
+        assert!(matches!(
+            Plan::decide(&dir, Some(&prov)),
+            Plan::Register {
+                replacing: None,
+                ..
+            }
+        ));
+        device_identity(&hub).store(&dir).expect("store");
+        assert!(matches!(Plan::decide(&dir, None), Plan::Stored(_)));
+        assert!(
+            matches!(Plan::decide(&dir, Some(&prov)), Plan::Scrub { .. }),
+            "same activation"
+        );
+        write(other, true);
+        assert!(matches!(
+            Plan::decide(&dir, Some(&prov)),
+            Plan::Register {
+                replacing: Some(_),
+                ..
+            }
+        ));
+        write(other, false);
+        assert!(
+            matches!(Plan::decide(&dir, Some(&prov)), Plan::Stored(_)),
+            "no code: keep"
+        );
+        std::fs::write(&prov, "hub_url = 1\n").expect("write");
+        assert!(
+            matches!(Plan::decide(&dir, Some(&prov)), Plan::Stored(_)),
+            "bad file: keep"
+        );
     }
 
     #[test]

@@ -387,3 +387,57 @@ impl<'a> Session<'a> {
         .await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(seq: u64, class: Class, payload: &[u8]) -> Record {
+        Record {
+            seq,
+            class,
+            payload: payload.to_vec(),
+            folded: Vec::new(),
+            dropped: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn envelopes_carry_the_entry_and_its_coverage() {
+        let entry = Entry {
+            time: 1.5,
+            message: Message::Applied { generation: 7 },
+        };
+        let mut r = record(
+            9,
+            Class::State {
+                key: "applied-generation".into(),
+            },
+            &serde_json::to_vec(&entry).expect("json"),
+        );
+        r.folded = vec![3..=4, 6..=6];
+        let e = envelope(&r);
+        assert_eq!(e.seq, 9);
+        assert_eq!(e.entry, entry);
+        assert_eq!(e.folded, vec![(3, 4), (6, 6)]);
+        assert_eq!(e.covers(), vec![3..=4, 6..=6, 9..=9]);
+
+        // A marker the outbox left for dropped metrics says how many, in the protocol.
+        let mut m = record(12, Class::Metric, b"dropped 5 metrics");
+        m.dropped = vec![8..=12];
+        let e = envelope(&m);
+        assert_eq!(
+            e.entry.message,
+            Message::Dropped {
+                what: "metrics".into(),
+                count: 5
+            }
+        );
+        assert_eq!(e.covers(), vec![8..=12]);
+
+        // An unreadable payload still accounts for its seq.
+        let e = envelope(&record(13, Class::Metric, b"\xff"));
+        assert!(matches!(e.entry.message, Message::Dropped { count: 1, .. }));
+        assert_eq!(e.covers(), vec![13..=13]);
+    }
+}
