@@ -20,6 +20,11 @@ pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
 pub const DEFAULT_LOG_MAX_FILES: u32 = 3;
 /// How long a STOPPED task stays visible in `ps` after it left the desired state.
 pub const DEFAULT_STOPPED_RETENTION_SECS: u64 = 3600;
+/// How often host metrics go to the hub.
+pub const DEFAULT_METRICS_INTERVAL_SECS: u64 = 60;
+/// Bound on the outbox's files: messages kept for the hub while the link is down.
+pub const DEFAULT_OUTBOX_MAX_BYTES: u64 = 64 << 20;
+pub const MIN_OUTBOX_MAX_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -54,6 +59,22 @@ struct RawConfig {
     images: RawImages,
     #[serde(default)]
     logs: RawLogs,
+    #[serde(default)]
+    link: RawLink,
+    #[serde(default)]
+    outbox: RawOutbox,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLink {
+    metrics_interval_secs: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawOutbox {
+    max_bytes: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -120,6 +141,8 @@ pub struct Config {
     pub platform: Option<Platform>,
     pub log_max_bytes: u64,
     pub log_max_files: u32,
+    pub metrics_interval: std::time::Duration,
+    pub outbox_max_bytes: u64,
 }
 
 impl Config {
@@ -198,6 +221,23 @@ impl Config {
                 format!("{log_max_files} is not in 1..=100"),
             ));
         }
+        let metrics_interval_secs = raw
+            .link
+            .metrics_interval_secs
+            .unwrap_or(DEFAULT_METRICS_INTERVAL_SECS);
+        if !(1..=86400).contains(&metrics_interval_secs) {
+            return Err(invalid(
+                "link.metrics_interval_secs",
+                format!("{metrics_interval_secs} is not in 1..=86400 seconds"),
+            ));
+        }
+        let outbox_max_bytes = raw.outbox.max_bytes.unwrap_or(DEFAULT_OUTBOX_MAX_BYTES);
+        if outbox_max_bytes < MIN_OUTBOX_MAX_BYTES {
+            return Err(invalid(
+                "outbox.max_bytes",
+                format!("{outbox_max_bytes} is below the minimum of {MIN_OUTBOX_MAX_BYTES}"),
+            ));
+        }
         let platform = match &raw.images.platform {
             None => None,
             Some(p) => Some(p.parse::<Platform>().map_err(|e| {
@@ -241,6 +281,8 @@ impl Config {
             platform,
             log_max_bytes,
             log_max_files,
+            metrics_interval: std::time::Duration::from_secs(metrics_interval_secs),
+            outbox_max_bytes,
             data_dir,
         })
     }
@@ -257,6 +299,18 @@ impl Config {
     pub fn logs_dir(&self) -> PathBuf {
         self.data_dir.join("logs")
     }
+    pub fn identity_dir(&self) -> PathBuf {
+        self.data_dir.join("identity")
+    }
+    pub fn outbox_dir(&self) -> PathBuf {
+        self.data_dir.join("outbox")
+    }
+}
+
+/// Outbox segment size for a bound: 4 MiB, or an eighth of a small bound, so compaction
+/// always has several segments to work with.
+pub fn outbox_segment_bytes(max_bytes: u64) -> u64 {
+    (max_bytes / 8).clamp(64 << 10, 4 << 20)
 }
 
 fn validate_cidr(s: &str) -> Result<(), String> {
@@ -314,9 +368,16 @@ mod tests {
             [logs]
             max_bytes = 1048576
             max_files = 2
+            [link]
+            metrics_interval_secs = 5
+            [outbox]
+            max_bytes = 8388608
             "#,
         )
         .expect("valid");
+        assert_eq!(c.metrics_interval, std::time::Duration::from_secs(5));
+        assert_eq!(c.outbox_max_bytes, 8 << 20);
+        assert_eq!(c.outbox_dir(), PathBuf::from("/data/skerry/outbox"));
         assert_eq!(c.namespace, "edge");
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.auths["registry.example"].0, "u");
@@ -344,6 +405,11 @@ mod tests {
             ),
             ("[logs]\nmax_files = 0", "logs.max_files"),
             ("[images]\nplatform = \"arm64\"", "images.platform"),
+            (
+                "[link]\nmetrics_interval_secs = 0",
+                "link.metrics_interval_secs",
+            ),
+            ("[outbox]\nmax_bytes = 4096", "outbox.max_bytes"),
         ] {
             let e = parse(text).expect_err(text).to_string();
             assert!(e.contains(key), "{text}: {e}");

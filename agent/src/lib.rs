@@ -14,15 +14,21 @@
 //! - `outbox`: the durable, ordered, bounded queue of messages for the hub.
 //! - `reconcile`: converges containerd to the desired state; one supervisor per task.
 //! - `control`: the root-only unix socket behind `apply`, `ps` and `logs`.
+//! - `provision`: the provisioning file on the boot partition (hub, activation, CA pin).
+//! - `identity`: the device key, registration over pinned TLS, the stored identity.
+//! - `link`: the MQTT link: desired state down, the outbox up, presence and metrics.
 
 pub mod cgroup;
 pub mod config;
 pub mod control;
+pub mod identity;
 pub mod image;
 pub mod init;
+pub mod link;
 pub mod logs;
 pub mod network;
 pub mod outbox;
+pub mod provision;
 pub mod reconcile;
 pub mod runtime;
 pub mod spec;

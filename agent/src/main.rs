@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use skerry_agent::config::{Config, LogFormat};
 use skerry_agent::control::{self, Request};
 use skerry_agent::image::{ImageConfig, ImageStore};
+use skerry_agent::link::Link;
 use skerry_agent::network::{Network, NetworkConfig};
 use skerry_agent::reconcile::Reconciler;
 use skerry_agent::runtime::Containerd;
@@ -215,7 +216,18 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         agent_bin,
         shutdown.clone(),
     )?;
+    // Read before the reconciler starts so that its first changes are reported too; the
+    // link itself (registration, broker) starts after it and never holds it up.
+    let link = Link::prepare(&cfg)
+        .await
+        .context("cannot open the outbox for the hub link")?;
+    if let Some(link) = &link {
+        handle.observe(link.observer());
+    }
     let reconciling = tokio::spawn(reconciler.run());
+    // The link outlives the reconciler's shutdown so that its last changes are reported.
+    let link_stop = CancellationToken::new();
+    let linking = link.map(|link| tokio::spawn(link.run(handle.clone(), link_stop.clone())));
     let control = tokio::spawn({
         let path = cfg.control_socket.clone();
         let token = shutdown.clone();
@@ -226,6 +238,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     info!("shutting down");
     shutdown.cancel();
     let _ = reconciling.await;
+    link_stop.cancel();
+    if let Some(linking) = linking {
+        let _ = linking.await;
+    }
     control.await.context("control socket task")??;
     Ok(())
 }

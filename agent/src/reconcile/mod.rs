@@ -9,7 +9,7 @@ mod task;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -74,7 +74,12 @@ pub(crate) struct Shared {
     pub agent_bin: PathBuf,
     records: Mutex<BTreeMap<String, TaskRecord>>,
     netns: Mutex<HashMap<String, Option<PathBuf>>>,
+    observer: OnceLock<Observer>,
 }
+
+/// Told the ARN of every task whose record changed, after the change is committed. Called
+/// on the reconciler's path, so it must return at once (no I/O, no waiting).
+pub type Observer = Arc<dyn Fn(&str) + Send + Sync>;
 
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, TaskRecord>> {
@@ -106,12 +111,21 @@ impl Shared {
         if let Err(e) = result {
             warn!(task = %arn, "cannot persist task state: {e}");
         }
+        self.observed(arn);
     }
 
     fn insert(&self, record: TaskRecord) -> Result<(), StoreError> {
-        self.store.put_task(&record.report.task_arn, &record)?;
-        self.lock().insert(record.report.task_arn.clone(), record);
+        let arn = record.report.task_arn.clone();
+        self.store.put_task(&arn, &record)?;
+        self.lock().insert(arn.clone(), record);
+        self.observed(&arn);
         Ok(())
+    }
+
+    fn observed(&self, arn: &str) {
+        if let Some(o) = self.observer.get() {
+            o(arn);
+        }
     }
 
     pub(crate) fn set_netns(&self, task_id: &str, path: Option<PathBuf>) {
@@ -204,6 +218,25 @@ impl Handle {
         v
     }
 
+    /// Installs the observer of task changes (the link's reporter); only the first one
+    /// installed is kept.
+    pub fn observe(&self, observer: Observer) {
+        let _ = self.shared.observer.set(observer);
+    }
+
+    /// The generation of the desired-state document applied last, if any.
+    pub fn generation(&self) -> Result<Option<u64>, StoreError> {
+        #[derive(Deserialize)]
+        struct Generation {
+            generation: u64,
+        }
+        Ok(self
+            .shared
+            .store
+            .desired::<Generation>()?
+            .map(|d| d.generation))
+    }
+
     /// The log directory of `container` in the task named by ARN or id.
     pub fn log_dir(&self, task: &str, container: &str) -> Option<PathBuf> {
         let records = self.shared.lock();
@@ -256,6 +289,7 @@ impl Reconciler {
             agent_bin,
             records: Mutex::new(records),
             netns: Mutex::new(HashMap::new()),
+            observer: OnceLock::new(),
         });
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let handle = Handle {

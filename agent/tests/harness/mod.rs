@@ -3,6 +3,8 @@
 //! which gives it its own containerd namespace, bridge and subnet, so tests run in parallel.
 #![allow(dead_code)]
 
+pub mod hub;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -58,6 +60,17 @@ impl Agent {
 
     /// An agent on the given containerd socket, with `extra` TOML appended to its config.
     pub fn with(slot: u8, name: &str, containerd: &Path, extra: &str) -> Self {
+        Self::configured(slot, name, containerd, "", extra)
+    }
+
+    /// An agent with `top` as top-level keys of its config (before any table) and `extra`
+    /// TOML appended.
+    pub fn with_top(slot: u8, name: &str, top: &str, extra: &str) -> Self {
+        let e = env();
+        Self::configured(slot, name, &e.containerd, top, extra)
+    }
+
+    fn configured(slot: u8, name: &str, containerd: &Path, top: &str, extra: &str) -> Self {
         let e = env();
         let dir = tempfile::Builder::new()
             .prefix(&format!("skerry-{name}-"))
@@ -69,6 +82,7 @@ impl Agent {
         let config = dir.path().join("agent.toml");
         let text = format!(
             r#"data_dir = "{data}"
+{top}
 [containerd]
 socket = "{sock}"
 namespace = "{ns}"
