@@ -88,23 +88,6 @@ impl std::fmt::Debug for Ca {
     }
 }
 
-/// A certificate and its private key, both PEM.
-#[derive(Clone)]
-pub struct Issued {
-    pub cert_pem: String,
-    pub key_pem: String,
-}
-
-// Hand-written so a private key never reaches a log line.
-impl std::fmt::Debug for Issued {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Issued")
-            .field("cert_pem", &self.cert_pem)
-            .field("key_pem", &"<redacted>")
-            .finish()
-    }
-}
-
 impl Ca {
     /// Loads the CA from `dir`, or makes one there if `dir` holds none. A lock file keeps two
     /// processes starting at once (the hub and `broker-config`) from making two CAs.
@@ -278,8 +261,7 @@ impl Ca {
             .iter()
             .map(|n| san(n))
             .collect::<Result<Vec<_>, _>>()?;
-        let issued = self.issue_with_new_key(first, &params)?;
-        Ok((issued.cert_pem, issued.key_pem))
+        self.issue_with_new_key(first, &params)
     }
 
     /// A client certificate (and a new key) with subject CN `cn`: the hub's own MQTT
@@ -287,15 +269,15 @@ impl Ca {
     pub fn issue_client_cert(&self, cn: &str) -> Result<(String, String), CaError> {
         let mut params = leaf_params(cn, DEVICE_CERT_VALIDITY);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let issued = self.issue_with_new_key(cn, &params)?;
-        Ok((issued.cert_pem, issued.key_pem))
+        self.issue_with_new_key(cn, &params)
     }
 
+    /// Signs `params` for a key made here; returns the certificate and key PEM.
     fn issue_with_new_key(
         &self,
         subject: &str,
         params: &CertificateParams,
-    ) -> Result<Issued, CaError> {
+    ) -> Result<(String, String), CaError> {
         let issue_err = |source| CaError::Issue {
             subject: subject.into(),
             source,
@@ -304,10 +286,7 @@ impl Ca {
         let mut params = params.clone();
         params.serial_number = Some(random_serial().1);
         let cert = params.signed_by(&key, &self.issuer).map_err(issue_err)?;
-        Ok(Issued {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        Ok((cert.pem(), key.serialize_pem()))
     }
 }
 
@@ -319,18 +298,15 @@ pub fn fingerprint(der: &[u8]) -> String {
 fn parse_csr(csr_pem: &str) -> Result<CertificateSigningRequestParams, CaError> {
     // rcgen checks the signature while parsing; its error for a bad one says so.
     CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
-        match e {
-        rcgen::Error::InvalidCertificationRequestSignature => {
-            CaError::InvalidCsr("its signature does not verify against its own key".into())
-        }
-        rcgen::Error::UnsupportedExtension => CaError::InvalidCsr(
-            "it requests an extension the hub does not sign; send a CSR with a subject and key only"
-                .into(),
-        ),
-        other => CaError::InvalidCsr(format!(
-            "not a PEM PKCS#10 certificate signing request ({other})"
-        )),
-    }
+        CaError::InvalidCsr(match e {
+            rcgen::Error::InvalidCertificationRequestSignature => {
+                "its signature does not verify against its own key".into()
+            }
+            rcgen::Error::UnsupportedExtension => {
+                "it requests an extension the hub does not sign; send only a subject and key".into()
+            }
+            other => format!("not a PEM PKCS#10 certificate signing request ({other})"),
+        })
     })
 }
 
@@ -526,7 +502,7 @@ mod tests {
             .expect_err("garbage");
         assert!(err.to_string().starts_with("invalid csr"), "{err}");
 
-        // A CSR whose signature was made by another key: flip a byte of the signature.
+        // A CSR whose signature does not match its content: flip a bit of the signature.
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
         let pem = csr_for(&key, "x");
         let mut der =

@@ -364,13 +364,13 @@ fn two_devices_racing_for_the_last_registration_one_wins() {
     let hub = Hub::start(tmp.path());
     let ca_pem = fs::read_to_string(hub.dir.join("state/ca/ca.crt")).expect("CA file");
     let (id, code) = activation(&hub, 1);
-    let statuses: Vec<StatusCode> = std::thread::scope(|s| {
+    let answers: Vec<(StatusCode, Value)> = std::thread::scope(|s| {
         let racers: Vec<_> = (0..4)
             .map(|_| {
                 let (hub, id, code, ca_pem) = (&hub, &id, &code, &ca_pem);
                 s.spawn(move || {
                     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
-                    register(&client(ca_pem), hub, &request(id, code, &csr(&key))).0
+                    register(&client(ca_pem), hub, &request(id, code, &csr(&key)))
                 })
             })
             .collect();
@@ -379,12 +379,12 @@ fn two_devices_racing_for_the_last_registration_one_wins() {
             .map(|r| r.join().expect("racer"))
             .collect()
     });
-    let won = statuses.iter().filter(|s| **s == StatusCode::OK).count();
-    let lost = statuses
+    let won = answers.iter().filter(|a| a.0 == StatusCode::OK).count();
+    let lost = answers
         .iter()
-        .filter(|s| **s == StatusCode::CONFLICT)
+        .filter(|a| a.0 == StatusCode::CONFLICT)
         .count();
-    assert_eq!((won, lost), (1, 3), "{statuses:?}");
+    assert_eq!((won, lost), (1, 3), "{answers:?}");
     let store = Store::open(&hub.dir.join("state")).expect("store");
     assert_eq!(store.container_instances("default").expect("list").len(), 1);
     hub.stop();
