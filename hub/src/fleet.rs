@@ -7,6 +7,11 @@
 //! instances are marked dirty and the publisher is woken. The dirty set holds instance ids,
 //! so it is bounded by the number of instances however often they change.
 //!
+//! The publisher loops on [`Fleet::documents_changed`], then publishes, for each id
+//! [`Fleet::take_dirty`] returns, [`Fleet::desired_document`] retained (re-marking the id
+//! with [`Fleet::mark_dirty`] if the publish failed). Documents are read when published, so
+//! a burst of changes to one instance costs one publish of its latest document.
+//!
 //! Device messages are deduplicated by sequence number: each instance's highest applied seq
 //! is stored with the changes it brought, so a replayed message changes nothing, even after
 //! a hub restart. Seqs a message skips that it does not account for (folded or dropped) are
