@@ -309,7 +309,7 @@ fn deregister(
                         o.insert("lastStatus".into(), "STOPPED".into());
                     }
                 }
-                tx.save_task(Some(t), &mut after)?;
+                tx.save_task(Some(t), &mut after, now)?;
             }
             tx.set_instance_status(&id, DEREGISTERED)?;
             // The next document is empty whatever it held before.

@@ -7,6 +7,11 @@
 //! instances are marked dirty and the publisher is woken. The dirty set holds instance ids,
 //! so it is bounded by the number of instances however often they change.
 //!
+//! The publisher loops on [`Fleet::documents_changed`], then publishes, for each id
+//! [`Fleet::take_dirty`] returns, [`Fleet::desired_document`] retained (re-marking the id
+//! with [`Fleet::mark_dirty`] if the publish failed). Documents are read when published, so
+//! a burst of changes to one instance costs one publish of its latest document.
+//!
 //! Device messages are deduplicated by sequence number: each instance's highest applied seq
 //! is stored with the changes it brought, so a replayed message changes nothing, even after
 //! a hub restart. Seqs a message skips that it does not account for (folded or dropped) are
@@ -220,6 +225,7 @@ impl Fleet {
                 link: &link,
                 seq,
                 time,
+                now,
                 poke: false,
             };
             for r in &missing {
@@ -282,6 +288,8 @@ struct Ctx<'a, 't, 'c> {
     seq: i64,
     /// The device's clock when it recorded the message.
     time: f64,
+    /// The hub's clock.
+    now: f64,
     /// A service's task stopped: the service loop should look now.
     poke: bool,
 }
@@ -407,7 +415,7 @@ impl Ctx<'_, '_, '_> {
                     o.insert("lastStatus".into(), "STOPPED".into());
                 }
             }
-            self.tx.save_task(Some(&t), &mut gone)?;
+            self.tx.save_task(Some(&t), &mut gone, self.now)?;
             self.poke |= t.service_id.is_some();
             self.event(
                 Some(&t.arn),
@@ -481,7 +489,7 @@ impl Ctx<'_, '_, '_> {
             .clone()
             .or_else(|| r.stopped_reason.clone());
         m.stop_code = t.stop_code.clone().or_else(|| r.stop_code.clone());
-        self.tx.save_task(Some(&t), &mut m)?;
+        self.tx.save_task(Some(&t), &mut m, self.now)?;
         if t.service_id.is_some()
             && (m.last_status == TaskStatus::Stopped || m.desired_status == DesiredStatus::Stopped)
             && t.is_live()
@@ -550,6 +558,7 @@ impl Ctx<'_, '_, '_> {
             started_at: r.started_at,
             stopping_at: r.stopping_at,
             stopped_at: r.stopped_at,
+            updated_at: self.now,
         };
         if row.desired_status == DesiredStatus::Stopped {
             row.stopping_at.get_or_insert(self.time);
@@ -561,7 +570,7 @@ impl Ctx<'_, '_, '_> {
         if row.last_status == TaskStatus::Stopped {
             row.stopped_at.get_or_insert(self.time);
         }
-        self.tx.save_task(None, &mut row)?;
+        self.tx.save_task(None, &mut row, self.now)?;
         if row.in_document().is_none() && row.last_status != TaskStatus::Stopped {
             self.tx.bump_generation(&self.link.id)?;
         }
@@ -965,6 +974,30 @@ mod tests {
         // A late RUNNING for a STOPPED task is ignored.
         ingest(&hub, &id, &envelope(2, state(&arn, TaskStatus::Running)));
         assert_eq!(task(&hub, &arn).last_status, TaskStatus::Stopped);
+    }
+
+    #[test]
+    fn stopped_tasks_are_kept_by_the_hubs_clock_not_the_devices() {
+        let hub = hub();
+        let id = add_instance(&hub, 1, 4096, 4096);
+        register(&hub, web(64));
+        let arn = run(&hub, "web", 1).tasks[0].arn.clone();
+        // The device's clock says 101 (a board without RTC); the hub's says 1000.
+        let mut stopped = report(&arn, TaskStatus::Stopped);
+        stopped.desired_status = DesiredStatus::Stopped;
+        ingest(
+            &hub,
+            &id,
+            &envelope(1, Message::TaskState { task: stopped }),
+        );
+        assert_eq!(task(&hub, &arn).stopped_at, Some(101.0));
+        // The sweep forgets what the hub changed before a cutoff (its time less an hour).
+        assert_eq!(hub.api.store.delete_stopped_tasks(999.0).expect("sweep"), 0);
+        assert_eq!(
+            hub.api.store.delete_stopped_tasks(1001.0).expect("sweep"),
+            1
+        );
+        assert!(hub.api.store.task(&arn).expect("get").is_none());
     }
 
     #[test]

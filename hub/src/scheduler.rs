@@ -479,6 +479,7 @@ pub fn new_task(api: &Api, spec: &TaskSpec, instance: &Candidate, now: f64) -> T
         started_at: None,
         stopping_at: None,
         stopped_at: None,
+        updated_at: now,
     }
 }
 
@@ -518,7 +519,7 @@ pub fn run_tasks(
         match r {
             Ok(i) => {
                 let mut row = new_task(api, spec, &candidates[i], now);
-                tx.save_task(None, &mut row)?;
+                tx.save_task(None, &mut row, now)?;
                 out.tasks.push(row);
             }
             Err(u) => out.failures.push(Failure {
@@ -553,7 +554,7 @@ pub fn stop_task(
         .stopped_reason
         .get_or_insert_with(|| reason.to_string());
     after.stop_code.get_or_insert_with(|| code.to_string());
-    tx.save_task(Some(task), &mut after)?;
+    tx.save_task(Some(task), &mut after, now)?;
     Ok(after)
 }
 

@@ -90,7 +90,7 @@ impl Devices {
             },
         };
         self.fleet
-            .ingest(&self.api, id, &e, 1_700_000_200.0)
+            .ingest(&self.api, id, &e, hub_now())
             .expect("ingest")
     }
 
@@ -146,6 +146,14 @@ impl Devices {
             .collect();
         (doc.generation, tasks)
     }
+}
+
+/// The hub's clock, as its link passes it to `ingest` (device clocks are the devices' own).
+fn hub_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
 }
 
 fn strings(v: &Value) -> Vec<String> {

@@ -143,13 +143,14 @@ CREATE TABLE tasks (
     created_at          REAL NOT NULL,
     started_at          REAL,
     stopping_at         REAL,
-    stopped_at          REAL
+    stopped_at          REAL,
+    updated_at          REAL NOT NULL       -- the hub's clock: device clocks may be far off
 );
 CREATE INDEX tasks_instance ON tasks(instance_id, desired_status, last_status);
 CREATE INDEX tasks_cluster ON tasks(cluster, desired_status);
 CREATE INDEX tasks_service ON tasks(service_id) WHERE service_id IS NOT NULL;
 CREATE INDEX tasks_client_token ON tasks(cluster, client_token) WHERE client_token IS NOT NULL;
-CREATE INDEX tasks_stopped ON tasks(stopped_at) WHERE last_status = 'STOPPED';
+CREATE INDEX tasks_stopped ON tasks(updated_at) WHERE last_status = 'STOPPED';
 CREATE TABLE device_events (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,  -- arrival order, which is device order
     instance_id TEXT NOT NULL,

@@ -49,6 +49,8 @@ pub struct TaskRow {
     pub started_at: Option<f64>,
     pub stopping_at: Option<f64>,
     pub stopped_at: Option<f64>,
+    /// When the hub last changed the row, by its own clock.
+    pub updated_at: f64,
 }
 
 impl TaskRow {
@@ -152,7 +154,7 @@ pub(super) const TASK_COLUMNS: &str = "t.seq, t.arn, t.cluster, t.instance_id,
     t.family, t.revision, t.task_definition_arn, t.service_id, t.started_by, t.grp,
     t.client_token, t.last_status, t.desired_status, t.health_status, t.cpu, t.memory, t.ports,
     t.containers, t.stopped_reason, t.stop_code, t.tags, t.version, t.desired_generation,
-    t.created_at, t.started_at, t.stopping_at, t.stopped_at";
+    t.created_at, t.started_at, t.stopping_at, t.stopped_at, t.updated_at";
 
 pub(super) fn task_from_row(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
     let ports: String = r.get(17)?;
@@ -189,6 +191,7 @@ pub(super) fn task_from_row(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
         started_at: r.get(25)?,
         stopping_at: r.get(26)?,
         stopped_at: r.get(27)?,
+        updated_at: r.get(28)?,
     })
 }
 
@@ -308,12 +311,14 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Forgets tasks wanted and reported STOPPED before `before` (ECS shows stopped tasks
-    /// for about an hour), so the table holds the fleet's live tasks and recent history.
+    /// Forgets tasks wanted and reported STOPPED that the hub last changed before `before`
+    /// (ECS shows stopped tasks for about an hour), so the table holds the fleet's live
+    /// tasks and recent history. The hub's clock, not the device's `stoppedAt`, decides: a
+    /// board without a real-time clock may report times years off.
     pub fn delete_stopped_tasks(&self, before: f64) -> Result<usize, StoreError> {
         Ok(self.conn()?.execute(
             "DELETE FROM tasks WHERE last_status = 'STOPPED' AND desired_status = 'STOPPED'
-             AND stopped_at < ?1",
+             AND updated_at < ?1",
             params![before],
         )?)
     }
@@ -391,14 +396,16 @@ impl Txn<'_> {
         Ok(g)
     }
 
-    /// Writes `row`, inserting it when `before` is `None`. When the task's entry in its
-    /// instance's document changes, the instance's generation is bumped and the row records
-    /// it; otherwise the document (and generation) stay as they are.
+    /// Writes `row` at the hub's time `now`, inserting it when `before` is `None`. When the
+    /// task's entry in its instance's document changes, the instance's generation is bumped
+    /// and the row records it; otherwise the document (and generation) stay as they are.
     pub fn save_task(
         &mut self,
         before: Option<&TaskRow>,
         row: &mut TaskRow,
+        now: f64,
     ) -> Result<(), StoreError> {
+        row.updated_at = now;
         if before.and_then(TaskRow::in_document) != row.in_document() {
             if let Some(g) = self.bump_generation(&row.instance_id)? {
                 row.desired_generation = g;
@@ -416,9 +423,10 @@ impl Txn<'_> {
                              task_definition_arn, service_id, started_by, grp, client_token,
                              last_status, desired_status, health_status, cpu, memory, ports,
                              containers, stopped_reason, stop_code, tags, version,
-                             desired_generation, created_at, started_at, stopping_at, stopped_at)
+                             desired_generation, created_at, started_at, stopping_at, stopped_at,
+                             updated_at)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
-                             ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
+                             ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
                     )?
                     .execute(params![
                         row.arn,
@@ -447,6 +455,7 @@ impl Txn<'_> {
                         row.started_at,
                         row.stopping_at,
                         row.stopped_at,
+                        row.updated_at,
                     ])?;
                 row.seq = self.tx.last_insert_rowid();
             }
@@ -457,7 +466,8 @@ impl Txn<'_> {
                         "UPDATE tasks SET last_status = ?2, desired_status = ?3,
                              health_status = ?4, containers = ?5, stopped_reason = ?6,
                              stop_code = ?7, version = ?8, desired_generation = ?9,
-                             started_at = ?10, stopping_at = ?11, stopped_at = ?12, ports = ?13
+                             started_at = ?10, stopping_at = ?11, stopped_at = ?12, ports = ?13,
+                             updated_at = ?14
                          WHERE arn = ?1",
                     )?
                     .execute(params![
@@ -474,6 +484,7 @@ impl Txn<'_> {
                         row.stopping_at,
                         row.stopped_at,
                         ports,
+                        row.updated_at,
                     ])?;
             }
         }
