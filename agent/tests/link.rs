@@ -106,29 +106,42 @@ fn link_reports_through_broker_outages_and_agent_kills_without_a_gap() {
     });
     check_no_gap_in_order(&hub.seen.lock().expect("lock"));
 
-    // Outage: the task is stopped on the device while the broker is down; the change
-    // waits in the outbox and comes through, in order, followed by the full state.
+    // Outage: the task is stopped on the device while the broker is down, and short tasks
+    // come and go, more changes than the sender's in-flight window; they wait in the
+    // outbox and come through, in order, followed by the full state.
     broker.stop();
     let mark = hub.seen.lock().expect("lock").up.len();
-    a.apply(vec![stopped("web", def.clone())])
-        .expect("apply locally");
+    let mut doc = vec![stopped("web", def.clone())];
+    let blips: Vec<String> = (0..8).map(|i| format!("blip{i}")).collect();
+    for b in &blips {
+        doc.push(task(b, sh_task(&image, b, "exit 0")));
+    }
+    a.apply(doc).expect("apply locally");
     a.wait_status(&arn("web"), "STOPPED");
-    std::thread::sleep(Duration::from_secs(2));
+    for b in &blips {
+        a.wait_status(&arn(b), "STOPPED");
+    }
     broker.resume();
     hub.wait("web STOPPED, then a FullState", WAIT, |s| {
         task_state(s, "web", TaskStatus::Stopped, mark)
             .is_some_and(|i| full_state_after(s, i, 2, "web", TaskStatus::Stopped).is_some())
     });
-    check_no_gap_in_order(&hub.seen.lock().expect("lock"));
+    {
+        let seen = hub.seen.lock().expect("lock");
+        check_no_gap_in_order(&seen);
+        let drained = seen.up.len() - mark;
+        assert!(
+            drained > 32,
+            "only {drained} messages after the outage: the window was not exercised\n{}",
+            describe(&seen)
+        );
+    }
 
     // kill -9 while the broker is down: what the outbox held survives the agent.
     broker.stop();
     let mark = hub.seen.lock().expect("lock").up.len();
-    a.apply(vec![
-        stopped("web", def),
-        task("web2", sh_task(&image, "web2", "sleep 600")),
-    ])
-    .expect("apply locally");
+    a.apply(vec![task("web2", sh_task(&image, "web2", "sleep 600"))])
+        .expect("apply locally");
     a.wait_status(&arn("web2"), "RUNNING");
     std::thread::sleep(Duration::from_secs(1));
     a.kill9();
@@ -215,5 +228,14 @@ fn invalid_desired_state_is_reported_not_applied_and_the_will_says_offline() {
     hub.wait("presence online again", WAIT, |s| {
         s.presence.last().is_some_and(|p| p.online)
     });
+    // A clean stop says offline itself (a clean disconnect discards the will).
     a.finish();
+    hub.wait("presence offline after a clean stop", WAIT, |s| {
+        s.presence.last().is_some_and(|p| !p.online)
+    });
+    let log = broker.log();
+    assert!(
+        log.contains(&format!("Client {INSTANCE} disconnected.")),
+        "no clean DISCONNECT from the agent:\n{log}"
+    );
 }

@@ -14,13 +14,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::{
-    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
+    AsyncClient, ConnectionError, Event, LastWill, MqttOptions, Outgoing, Packet, QoS,
     SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use skerry_proto::link::{self, Channel, Entry, Envelope, Message, Presence};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -42,6 +43,8 @@ const REQUESTS: usize = WINDOW * 2 + 8;
 const MAX_PACKET: usize = 8 << 20;
 /// How long a clean shutdown waits to say it is offline.
 const GOODBYE: Duration = Duration::from_secs(2);
+/// Events the poller may get ahead of the session by.
+const EVENTS: usize = 64;
 
 /// Keeps the broker connection until `stop`.
 pub async fn run(
@@ -152,7 +155,10 @@ struct Session<'a> {
     handle: &'a Handle,
     desired: &'a watch::Sender<Option<Bytes>>,
     client: AsyncClient,
-    eventloop: EventLoop,
+    /// rumqttc's event loop runs in a task of its own and is never cancelled mid-poll (its
+    /// poll is not documented as cancel-safe); its events come through here.
+    events: mpsc::Receiver<Result<Event, ConnectionError>>,
+    poller: JoinHandle<()>,
     up: String,
     presence: String,
     desired_topic: String,
@@ -166,6 +172,12 @@ struct Session<'a> {
     pkids: HashMap<u16, Option<u64>>,
     /// The outbox's last seq when the connection came up; FullState goes once it is acked.
     backlog_until: Option<u64>,
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        self.poller.abort();
+    }
 }
 
 impl<'a> Session<'a> {
@@ -192,14 +204,25 @@ impl<'a> Session<'a> {
             .set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(
                 tls_config(id)?,
             ))));
-        let (client, eventloop) = AsyncClient::new(o, REQUESTS);
+        let (client, mut eventloop) = AsyncClient::new(o, REQUESTS);
+        let (tx, events) = mpsc::channel(EVENTS);
+        let poller = tokio::spawn(async move {
+            loop {
+                let ev = eventloop.poll().await;
+                let failed = ev.is_err();
+                if tx.send(ev).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
         Ok(Self {
             id,
             out,
             handle,
             desired,
             client,
-            eventloop,
+            events,
+            poller,
             up: link::topic(instance, Channel::Up),
             presence: presence_topic,
             desired_topic: link::topic(instance, Channel::Desired),
@@ -216,17 +239,18 @@ impl<'a> Session<'a> {
     async fn run(&mut self, stop: &CancellationToken, backoff: &mut Backoff) -> bool {
         loop {
             tokio::select! {
-                ev = self.eventloop.poll() => match ev {
-                    Ok(ev) => {
+                ev = self.events.recv() => match ev {
+                    Some(Ok(ev)) => {
                         if let Err(e) = self.on_event(ev, backoff).await {
                             warn!(broker = %self.id.meta.broker_url, "dropping the broker connection: {e}");
                             return self.connected;
                         }
                     }
-                    Err(e) => {
+                    Some(Err(e)) => {
                         warn!(broker = %self.id.meta.broker_url, "broker connection: {e}");
                         return self.connected;
                     }
+                    None => return self.connected,
                 },
                 _ = self.out.appended(), if self.connected => {}
                 _ = stop.cancelled() => {
@@ -378,9 +402,9 @@ impl<'a> Session<'a> {
         let _ = self.client.try_disconnect();
         let _ = tokio::time::timeout(GOODBYE, async {
             loop {
-                match self.eventloop.poll().await {
-                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
-                    Ok(_) => {}
+                match self.events.recv().await {
+                    Some(Ok(Event::Outgoing(Outgoing::Disconnect))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => {}
                 }
             }
         })
