@@ -176,6 +176,37 @@ fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
     a.finish();
 }
 
+/// SIGTERM used to close each task's desired-status channel while its supervisor was still
+/// watching it, which read as "stop this task" about half the time: a graceful agent stop
+/// stopped running tasks.
+#[test]
+fn graceful_agent_stop_never_stops_a_running_task() {
+    let mut a = Agent::new(34, "sigterm");
+    a.start();
+    let image = format!("{}/busybox:latest", a.registry);
+    let names: Vec<String> = (0..4).map(|i| format!("t{i}")).collect();
+    let tasks: Vec<Value> = names
+        .iter()
+        .map(|n| task(n, sh_task(&image, n, "sleep 600")))
+        .collect();
+    a.apply(tasks).expect("apply");
+    check_converged(&a, &names, &[]);
+    let before = running_ids(&a);
+    // Four tasks, five stops: with a coin flip per task the old race shows up for certain.
+    for _ in 0..5 {
+        a.stop();
+        assert_eq!(
+            running_ids(&a),
+            before,
+            "a graceful stop stopped a task:\n{}",
+            a.log_tail()
+        );
+        a.start();
+        check_converged(&a, &names, &[]);
+    }
+    a.finish();
+}
+
 #[test]
 fn containerd_restart_is_survived_and_exits_are_still_seen() {
     let e = env();

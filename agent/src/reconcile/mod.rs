@@ -331,8 +331,15 @@ impl Reconciler {
             }
         }
         info!("reconciler stopping; containers keep running");
-        let joins = self.supervisors.drain().map(|(_, s)| s.join);
+        // The senders live until the supervisors are done: a closed channel would read as
+        // "stop this task".
+        let (senders, joins): (Vec<_>, Vec<_>) = self
+            .supervisors
+            .drain()
+            .map(|(_, s)| (s.desired, s.join))
+            .unzip();
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, futures::future::join_all(joins)).await;
+        drop(senders);
     }
 
     fn desired_status(&self, arn: &str) -> DesiredStatus {

@@ -485,6 +485,12 @@ impl Supervisor {
                     Signal::Health { name, status } => self.health(run, &name, status),
                 },
                 changed = self.desired.changed() => {
+                    // The reconciler drops the sender when it stops: that is a shutdown, and
+                    // a shutdown leaves containers running. select! may see it before the
+                    // cancellation.
+                    if changed.is_err() && self.shutdown.is_cancelled() {
+                        return Outcome::Shutdown;
+                    }
                     if changed.is_err() || *self.desired.borrow() == DesiredStatus::Stopped {
                         return Outcome::Stop {
                             reason: "Task stopped: its desired status is STOPPED".into(),
