@@ -150,8 +150,6 @@ fn mosquitto_conf(config: &Config, out: &Path) -> String {
          max_queued_messages 10000000\n\
          # Unacknowledged messages to one client; the hub's link reads ahead this far.\n\
          max_inflight_messages {inflight}\n\
-         # A device cannot take over another client's session (the hub's included).\n\
-         use_username_as_clientid true\n\
          log_dest stderr\n\
          log_type error\n\
          log_type warning\n\
@@ -168,7 +166,9 @@ fn mosquitto_conf(config: &Config, out: &Path) -> String {
          keyfile {key}\n\
          tls_version tlsv1.2\n\
          require_certificate true\n\
-         use_identity_as_username true\n",
+         use_identity_as_username true\n\
+         # A device cannot take over another client's session (the hub's included).\n\
+         use_username_as_clientid true\n",
         acl = path(ACL_FILE),
         inflight = crate::link::BROKER_INFLIGHT,
         data = path(PERSISTENCE_DIR),
@@ -284,6 +284,12 @@ mod tests {
         let conf = String::from_utf8(read(CONF_FILE)).expect("utf8");
         assert!(conf.contains("listener 18883 127.0.0.1\n"), "{conf}");
         assert!(conf.contains("require_certificate true\n"));
+        // A listener option above the first `listener` line would open the default
+        // listener on 1883 as well.
+        let listener = conf.find("\nlistener ").expect("a listener");
+        for option in ["use_username_as_clientid", "require_certificate", "cafile"] {
+            assert!(conf.find(option) > Some(listener), "{option} before the listener");
+        }
         assert!(conf.contains(&format!(
             "persistence_location {}/data/\n",
             out.canonicalize().expect("abs").display()

@@ -195,15 +195,12 @@ impl Stack {
 
 /// An agent of the fleet: the test harness's agent with a provisioning file.
 fn device(slot: u8, name: &str, provision: &Path) -> Agent {
-    let e = harness::env();
-    let agent = Agent::with(slot, name, &e.containerd, "");
-    let text = std::fs::read_to_string(&agent.config).expect("read agent config");
-    std::fs::write(
-        &agent.config,
-        format!("provision_file = \"{}\"\n{text}", provision.display()),
+    Agent::with_top(
+        slot,
+        name,
+        &format!("provision_file = \"{}\"", provision.display()),
+        "",
     )
-    .expect("write agent config");
-    agent
 }
 
 fn running_per_instance(tasks: &[Value]) -> BTreeMap<String, usize> {
@@ -404,22 +401,44 @@ fn two_agents_register_run_tasks_and_a_service_and_survive_restarts() {
     );
 
     // An agent restarts: its tasks are adopted, not duplicated.
-    let before = a.containers();
+    // Settled first: every task on the device RUNNING or STOPPED, one container per running
+    // task, so what follows compares a restart and nothing else.
+    let before = stack.wait("agent a settled", Duration::from_secs(60), || {
+        let tasks = a.ps();
+        let running = tasks
+            .iter()
+            .filter(|t| t["lastStatus"] == "RUNNING")
+            .count();
+        let settled = tasks.iter().all(|t| {
+            t["lastStatus"] == "STOPPED"
+                || (t["lastStatus"] == "RUNNING" && t["desiredStatus"] == "RUNNING")
+        });
+        let containers = a.containers();
+        if settled && containers.len() == running {
+            Ok(containers)
+        } else {
+            Err(format!("{tasks:#?} {containers:?}"))
+        }
+    });
     a.stop();
+    let log_before = std::fs::read_to_string(&a.log).unwrap_or_default().len();
     a.start();
     stack.wait("agent a reconnected", Duration::from_secs(120), || {
-        let v = stack.instances();
-        let ok = v.iter().all(|i| i["agentConnected"] == true);
-        if ok {
+        let log = std::fs::read_to_string(&a.log).unwrap_or_default();
+        let fresh = log.get(log_before..).unwrap_or_default();
+        if fresh.contains("connected to the broker") {
             Ok(())
         } else {
-            Err(format!("{v:#?}"))
+            Err(a.log_tail())
         }
     });
     assert_eq!(
         a.containers(),
         before,
-        "the restarted agent adopted its containers"
+        "the restarted agent adopted its containers; agent tasks: {:#}\nagent log:\n{}\nhub log:\n{}",
+        serde_json::Value::from(a.ps()),
+        a.log_tail(),
+        stack.hub_log()
     );
     assert_eq!(stack.tasks(&[]).len(), 5);
 
