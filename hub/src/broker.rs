@@ -288,7 +288,10 @@ mod tests {
         // listener on 1883 as well.
         let listener = conf.find("\nlistener ").expect("a listener");
         for option in ["use_username_as_clientid", "require_certificate", "cafile"] {
-            assert!(conf.find(option) > Some(listener), "{option} before the listener");
+            assert!(
+                conf.find(option) > Some(listener),
+                "{option} before the listener"
+            );
         }
         assert!(conf.contains(&format!(
             "persistence_location {}/data/\n",
