@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
-use skerry_hub::api::{Service, ECS_TARGET_PREFIX, SSM_TARGET_PREFIX};
+use skerry_hub::api::{Service, ECS_TARGET_PREFIX, SKERRY_TARGET_PREFIX, SSM_TARGET_PREFIX};
 use skerry_hub::sigv4::{self, Signed};
 
 const DEFAULT_REGION: &str = "us-east-1";
@@ -92,6 +92,11 @@ impl Hub {
         self.call(Service::Ssm, operation, input).await
     }
 
+    /// The hub's own operations, which neither ECS nor SSM has (`ListEvents`).
+    pub async fn skerry(&self, operation: &str, input: &Value) -> Result<Value, ClientError> {
+        self.call(Service::Skerry, operation, input).await
+    }
+
     async fn call(
         &self,
         service: Service,
@@ -102,6 +107,7 @@ impl Hub {
         let prefix = match service {
             Service::Ecs => ECS_TARGET_PREFIX,
             Service::Ssm => SSM_TARGET_PREFIX,
+            Service::Skerry => SKERRY_TARGET_PREFIX,
         };
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -108,6 +108,61 @@ pub async fn services(hub: &Hub, cluster: &str) -> anyhow::Result<Vec<Value>> {
     .await
 }
 
+/// Every event the hub holds, of one instance or all, in the order they happened.
+pub async fn events(hub: &Hub, instance: Option<&str>) -> anyhow::Result<Vec<Value>> {
+    let mut input = json!({});
+    if let Some(i) = instance {
+        input["instanceId"] = Value::from(i);
+    }
+    let mut out = Vec::new();
+    loop {
+        let resp = hub.skerry("ListEvents", &input).await?;
+        let page = resp
+            .get("events")
+            .and_then(Value::as_array)
+            .context("ListEvents answered without events")?;
+        out.extend(page.iter().cloned());
+        match resp.get("nextToken").and_then(Value::as_str) {
+            Some(t) if !t.is_empty() => input["nextToken"] = Value::from(t),
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// Epoch seconds as UTC, to the second.
+fn time_of(v: &Value) -> String {
+    v.as_f64()
+        .filter(|t| *t >= 0.0)
+        .map(|t| {
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(t);
+            humantime::format_rfc3339_seconds(at).to_string()
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
+pub fn events_table(items: &[Value]) -> Table {
+    let mut t = Table::new(&["INSTANCE", "SEQ", "DEVICE TIME", "TASK", "KIND", "MESSAGE"]);
+    for e in items {
+        let task = match (
+            e.get("taskArn").and_then(Value::as_str),
+            e.get("container").and_then(Value::as_str),
+        ) {
+            (Some(arn), Some(c)) => format!("{}/{c}", short(arn)),
+            (Some(arn), None) => short(arn),
+            _ => "-".into(),
+        };
+        t.row(vec![
+            text(e, "instanceId"),
+            text(e, "seq"),
+            time_of(&e["time"]),
+            task,
+            text(e, "kind"),
+            text(e, "message"),
+        ]);
+    }
+    t
+}
+
 fn text(v: &Value, key: &str) -> String {
     match v.get(key) {
         Some(Value::String(s)) => s.clone(),
@@ -248,6 +303,27 @@ pub fn services_table(items: &[Value]) -> Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_rows_name_instance_seq_time_and_task() {
+        let e = json!({
+            "instanceId": "mi-0123456789abcdef0", "seq": 7, "time": 1_800_000_000.25,
+            "taskArn": "arn:aws:ecs:us-east-1:0:task/default/t1", "container": "web",
+            "kind": "containerRestarted", "message": "container web restarted (exit 1)"
+        });
+        let out = events_table(&[e]).render();
+        let row = out.lines().nth(1).expect("row");
+        for want in [
+            "mi-0123456789abcdef0",
+            " 7 ",
+            "2027-01-15T08:00:00Z",
+            "t1/web",
+            "containerRestarted",
+            "(exit 1)",
+        ] {
+            assert!(row.contains(want), "{want} missing from {row:?}");
+        }
+    }
 
     #[test]
     fn instance_rows_show_free_over_registered() {

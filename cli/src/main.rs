@@ -47,6 +47,15 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// What devices reported, in the order it happened on each: state changes, restarts,
+    /// exits, health changes, gaps, connections.
+    Events {
+        /// Only this instance (mi-…).
+        #[arg(long)]
+        instance: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// The cluster's services.
     Services {
         #[arg(long, default_value = "default")]
@@ -187,6 +196,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let table = fleet::tasks_table(&items, &instances);
             print(json, &items, table, &format!("no tasks in {cluster}"))
+        }
+        Cmd::Events { instance, json } => {
+            let items = fleet::events(&hub, instance.as_deref()).await?;
+            let table = fleet::events_table(&items);
+            print(json, &items, table, "no events")
         }
         Cmd::Services { cluster, json } => {
             let items = fleet::services(&hub, &cluster).await?;

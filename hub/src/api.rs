@@ -6,10 +6,12 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::store::{Store, StoreError};
-use crate::{ecs, ssm};
+use crate::{ecs, events, ssm};
 
 pub const ECS_TARGET_PREFIX: &str = "AmazonEC2ContainerServiceV20141113.";
 pub const SSM_TARGET_PREFIX: &str = "AmazonSSM.";
+/// Skerry's own operations (the device event history), which neither ECS nor SSM has.
+pub const SKERRY_TARGET_PREFIX: &str = "SkerryHub_20261126.";
 pub const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
 
 /// The AWS service an operation belongs to; its SigV4 signing name.
@@ -17,6 +19,7 @@ pub const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
 pub enum Service {
     Ecs,
     Ssm,
+    Skerry,
 }
 
 impl Service {
@@ -24,6 +27,7 @@ impl Service {
         match self {
             Service::Ecs => "ecs",
             Service::Ssm => "ssm",
+            Service::Skerry => "skerry",
         }
     }
 }
@@ -36,6 +40,11 @@ pub fn parse_target(target: &str) -> Option<(Service, &str)> {
         target
             .strip_prefix(SSM_TARGET_PREFIX)
             .map(|op| (Service::Ssm, op))
+            .or_else(|| {
+                target
+                    .strip_prefix(SKERRY_TARGET_PREFIX)
+                    .map(|op| (Service::Skerry, op))
+            })
     }
 }
 
@@ -93,6 +102,7 @@ impl Api {
         match service {
             Service::Ecs => ecs::call(self, operation, body, now),
             Service::Ssm => ssm::call(self, operation, body, now),
+            Service::Skerry => events::call(self, operation, body),
         }
     }
 

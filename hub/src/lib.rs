@@ -16,6 +16,7 @@
 //! - `fleet`: the hub's side of the device link: desired-state documents, the instances
 //!   whose document changed, and applying what devices report.
 //! - `ssm`: SSM activations, the credentials devices register with.
+//! - `events`: `ListEvents`, the device event history `skerry events` shows.
 //! - `ca`: the hub's certificate authority: device, server and hub client certificates.
 //! - `register`: the HTTPS listener devices register with (`POST /v1/register`).
 //! - `broker`: the Mosquitto configuration and ACL `skerry-hub broker-config` writes.
@@ -34,6 +35,7 @@ pub mod ecs;
 pub mod ecs_instances;
 pub mod ecs_services;
 pub mod ecs_tasks;
+pub mod events;
 pub mod fleet;
 pub mod link;
 pub mod register;

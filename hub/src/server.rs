@@ -335,7 +335,7 @@ async fn respond(state: Arc<State>, req: Request<Incoming>) -> Result<serde_json
     let (service, operation) = api::parse_target(target).ok_or_else(|| {
         ApiError::bad_request(
             "UnknownOperationException",
-            format!("X-Amz-Target {target:?} names no ECS or SSM operation"),
+            format!("X-Amz-Target {target:?} names no ECS, SSM or Skerry operation"),
         )
     })?;
     let refuse = |m: String| ApiError::new(403, "InvalidSignatureException", m);

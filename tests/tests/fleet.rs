@@ -342,6 +342,34 @@ fn two_agents_register_run_tasks_and_a_service_and_survive_restarts() {
         "each device runs exactly its task"
     );
 
+    // The device history: per instance, the device's seqs strictly increase and the task
+    // state changes it reported are there, with the device's time.
+    let out = stack.skerry(&["events", "--json"]);
+    assert!(
+        out.status.success(),
+        "skerry events: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: Vec<Value> = serde_json::from_slice(&out.stdout).expect("events JSON");
+    for i in &instances {
+        let id = i["ec2InstanceId"].as_str().expect("instance id");
+        let mine: Vec<&Value> = events.iter().filter(|e| e["instanceId"] == id).collect();
+        let seqs: Vec<u64> = mine.iter().filter_map(|e| e["seq"].as_u64()).collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "{id}: seqs out of order: {seqs:?}"
+        );
+        assert!(
+            mine.iter().any(|e| e["kind"] == "taskState"
+                && e["message"].as_str().is_some_and(|m| m.contains("RUNNING"))
+                && e["time"].as_f64().is_some()),
+            "{id}: no RUNNING state change among {mine:#?}"
+        );
+    }
+    let out = stack.skerry(&["events", "--instance", "mi-0000000000000000x"]);
+    assert!(!out.status.success(), "a malformed instance id is refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("instanceId"));
+
     // A service of 3 spreads 2 + 1 on top of them.
     stack.aws(&[
         "ecs",

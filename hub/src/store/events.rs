@@ -59,6 +59,37 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Device events after the event id `after`, oldest first, of one instance or all; each
+    /// with its id, which orders events as they arrived (for one device: its own order).
+    pub fn device_events_after(
+        &self,
+        instance_id: Option<&str>,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, DeviceEvent)>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(
+            "SELECT id, instance_id, seq, time, task_arn, container, kind, message
+             FROM device_events WHERE id > ?1 AND (?2 IS NULL OR instance_id = ?2)
+             ORDER BY id LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![after, instance_id, limit as i64], |r| {
+            Ok((
+                r.get(0)?,
+                DeviceEvent {
+                    instance_id: r.get(1)?,
+                    seq: r.get(2)?,
+                    time: r.get(3)?,
+                    task_arn: r.get(4)?,
+                    container: r.get(5)?,
+                    kind: r.get(6)?,
+                    message: r.get(7)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// The service's newest `limit` events, newest first, as DescribeServices lists them.
     pub fn service_events(
         &self,
