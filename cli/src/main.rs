@@ -130,6 +130,9 @@ enum ImageCmd {
         /// The Skerry source tree; default: the current directory or one above it.
         #[arg(long)]
         source: Option<PathBuf>,
+        /// Skip sdcard.img.xz (for a card only booted in QEMU).
+        #[arg(long)]
+        no_xz: bool,
     },
 }
 
@@ -194,6 +197,7 @@ fn image(cmd: ImageCmd) -> anyhow::Result<()> {
             agent,
             cache,
             source,
+            no_xz,
         } => {
             let source = match source {
                 Some(s) => s,
@@ -208,6 +212,7 @@ fn image(cmd: ImageCmd) -> anyhow::Result<()> {
                     out,
                     agent,
                     cache,
+                    no_xz,
                 },
             )?;
         }

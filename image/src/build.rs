@@ -30,6 +30,8 @@ pub struct Build {
     pub agent: Option<PathBuf>,
     /// Where downloads are kept between builds; the script's default when `None`.
     pub cache: Option<PathBuf>,
+    /// Skip `sdcard.img.xz`, for a card only booted here.
+    pub no_xz: bool,
 }
 
 /// The source tree at `start` or above it: the directory holding `board/` and

@@ -10,6 +10,9 @@
 //! - `provision`: checking a `provision.toml` and putting it on a card.
 //! - `preload`: OCI image-layout archives put on a card for an offline first boot.
 //! - `build`: the offline build, `scripts/image-build` run for a board.
+//!
+//! `initramfs/init` is the init of the initramfs `scripts/image-build` makes for
+//! Debian's kernel.
 
 pub mod build;
 pub mod card;
