@@ -77,6 +77,9 @@ pub fn run(source: &Path, build: &Build) -> Result<(), BuildError> {
     if let Some(cache) = &build.cache {
         cmd.arg("--cache").arg(cache);
     }
+    if build.no_xz {
+        cmd.arg("--no-xz");
+    }
     let status = cmd
         .status()
         .map_err(|e| BuildError::Run(script.clone(), e))?;
