@@ -29,6 +29,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ActivationCmd,
     },
+    /// Card images: provision them, preload container images, build them offline.
+    Image {
+        #[command(subcommand)]
+        cmd: ImageCmd,
+    },
     /// The cluster's container instances (devices).
     Instances {
         #[arg(long, default_value = "default")]
@@ -96,8 +101,62 @@ enum ActivationCmd {
     },
 }
 
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Write a provisioning file to a card image's boot partition as
+    /// skerry/provision.toml (no root, no mount).
+    Provision {
+        /// The card image (sdcard.img).
+        image: PathBuf,
+        /// The provisioning file from `skerry activation create`.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Put OCI image-layout archives on a card image's boot partition, under
+    /// skerry/images/, for a first boot without network.
+    Preload {
+        /// The card image (sdcard.img).
+        image: PathBuf,
+        /// Archives from `skopeo copy docker://IMAGE oci-archive:FILE.tar:NAME`.
+        #[arg(required = true)]
+        archives: Vec<PathBuf>,
+    },
+    /// Build a board's card image offline from Debian bookworm's arm64 packages
+    /// (runs scripts/image-build from the source tree).
+    Build {
+        /// qemu-aarch64-virt, raspberrypi4-64, raspberrypi3-64…
+        #[arg(long)]
+        board: String,
+        /// Where sdcard.img and sdcard.img.xz go.
+        #[arg(long, default_value = "out/image")]
+        out: PathBuf,
+        /// The static aarch64 agent; default: built with scripts/build-agent aarch64.
+        #[arg(long)]
+        agent: Option<PathBuf>,
+        /// Where downloaded packages are kept between builds.
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// The Skerry source tree; default: the current directory or one above it.
+        #[arg(long)]
+        source: Option<PathBuf>,
+        /// Skip sdcard.img.xz (for a card only booted in QEMU).
+        #[arg(long)]
+        no_xz: bool,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Image commands work on local files: no hub, no runtime.
+    if let Cmd::Image { cmd } = cli.cmd {
+        return match image(cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("skerry: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -115,6 +174,59 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn image(cmd: ImageCmd) -> anyhow::Result<()> {
+    use skerry_image::{build, preload, provision};
+    match cmd {
+        ImageCmd::Provision { image, file } => {
+            provision::provision(&image, &file)?;
+            println!(
+                "{}: wrote {} to the boot partition as {}",
+                image.display(),
+                file.display(),
+                provision::CARD_PATH
+            );
+        }
+        ImageCmd::Preload { image, archives } => {
+            for a in preload::preload(&image, &archives)? {
+                println!(
+                    "{}: {} ({} bytes) -> {}/{}",
+                    image.display(),
+                    a.path.display(),
+                    a.size,
+                    preload::CARD_DIR,
+                    a.name
+                );
+            }
+        }
+        ImageCmd::Build {
+            board,
+            out,
+            agent,
+            cache,
+            source,
+            no_xz,
+        } => {
+            let source = match source {
+                Some(s) => s,
+                None => {
+                    build::find_source(&std::env::current_dir().context("the current directory")?)?
+                }
+            };
+            build::run(
+                &source,
+                &build::Build {
+                    board,
+                    out,
+                    agent,
+                    cache,
+                    no_xz,
+                },
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn env_or(flag: Option<String>, var: &str, what: &str) -> anyhow::Result<String> {
@@ -177,6 +289,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Cmd::Image { cmd } => image(cmd),
         Cmd::Instances { cluster, json } => {
             let items = fleet::instances(&hub, &cluster).await?;
             let table = fleet::instances_table(&items);

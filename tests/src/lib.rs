@@ -4,3 +4,4 @@
 //!
 //! # Layout
 //! - `tests/fleet.rs`: registration, RunTask and services across two agents, restarts.
+//! - `tests/image.rs`: the qemu-aarch64-virt card built offline, provisioned and booted in QEMU.
