@@ -79,15 +79,6 @@ impl Stack {
             .expect("run scripts/hub-down");
         assert!(status.success(), "hub-down failed");
     }
-}
-
-impl Drop for Stack {
-    /// A failed test leaves no hub or broker behind (hub-down of a stopped stack is a no-op).
-    fn drop(&mut self) {
-        let _ = Command::new(repo().join("scripts/hub-down"))
-            .arg(&self.dir)
-            .status();
-    }
 
     fn command(&self, program: &Path) -> Command {
         let mut cmd = Command::new(program);
@@ -199,6 +190,15 @@ impl Drop for Stack {
                 Err(_) => std::thread::sleep(Duration::from_millis(300)),
             }
         }
+    }
+}
+
+impl Drop for Stack {
+    /// A failed test leaves no hub or broker behind (hub-down of a stopped stack is a no-op).
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("scripts/hub-down"))
+            .arg(&self.dir)
+            .status();
     }
 }
 
