@@ -80,15 +80,16 @@ fn cluster_name<'a>(api: &Api, id: &'a str) -> Option<&'a str> {
     valid_name(name).then_some(name)
 }
 
-fn cluster_json(api: &Api, c: &store::Cluster, with_tags: bool) -> Value {
+fn cluster_json(api: &Api, c: &store::Cluster, with_tags: bool) -> Result<Value, ApiError> {
+    let n = api.store.cluster_counts(&c.name).map_err(server)?;
     let mut v = json!({
         "clusterArn": cluster_arn(api, &c.name),
         "clusterName": c.name,
         "status": c.status,
-        "registeredContainerInstancesCount": 0,
-        "runningTasksCount": 0,
-        "pendingTasksCount": 0,
-        "activeServicesCount": 0,
+        "registeredContainerInstancesCount": n.instances,
+        "runningTasksCount": n.running_tasks,
+        "pendingTasksCount": n.pending_tasks,
+        "activeServicesCount": n.active_services,
         "statistics": [],
         "settings": [{"name": "containerInsights", "value": "disabled"}],
         "capacityProviders": [],
@@ -97,7 +98,7 @@ fn cluster_json(api: &Api, c: &store::Cluster, with_tags: bool) -> Value {
     if with_tags {
         v["tags"] = parse_json(&c.tags);
     }
-    v
+    Ok(v)
 }
 
 #[derive(Deserialize)]
@@ -119,7 +120,7 @@ fn create_cluster(api: &Api, input: CreateClusterInput, now: f64) -> Result<Valu
         .store
         .create_cluster(&name, &tags, now)
         .map_err(server)?;
-    Ok(json!({ "cluster": cluster_json(api, &c, true) }))
+    Ok(json!({ "cluster": cluster_json(api, &c, true)? }))
 }
 
 #[derive(Deserialize)]
@@ -146,7 +147,7 @@ fn describe_clusters(api: &Api, input: DescribeClustersInput) -> Result<Value, A
             None => None,
         };
         match found {
-            Some(c) => clusters.push(cluster_json(api, &c, with_tags)),
+            Some(c) => clusters.push(cluster_json(api, &c, with_tags)?),
             None => {
                 let arn = if id.starts_with("arn:") {
                     id.clone()
@@ -211,12 +212,38 @@ fn delete_cluster(api: &Api, input: DeleteClusterInput) -> Result<Value, ApiErro
         .cluster
         .ok_or_else(|| invalid("cluster is required"))?;
     let name = cluster_name(api, &id).ok_or_else(cluster_not_found)?;
+    // As ECS: a cluster with devices, services or live tasks cannot go.
+    let n = api.store.cluster_counts(name).map_err(server)?;
+    for (count, code, what) in [
+        (
+            n.instances,
+            "ClusterContainsContainerInstancesException",
+            "container instances; deregister them first",
+        ),
+        (
+            n.active_services,
+            "ClusterContainsServicesException",
+            "active services; delete them first",
+        ),
+        (
+            n.running_tasks + n.pending_tasks,
+            "ClusterContainsTasksException",
+            "running or pending tasks; stop them first",
+        ),
+    ] {
+        if count > 0 {
+            return Err(ApiError::bad_request(
+                code,
+                format!("cluster {name} has {count} {what}"),
+            ));
+        }
+    }
     let c = api
         .store
         .delete_cluster(name)
         .map_err(server)?
         .ok_or_else(cluster_not_found)?;
-    Ok(json!({ "cluster": cluster_json(api, &c, false) }))
+    Ok(json!({ "cluster": cluster_json(api, &c, false)? }))
 }
 
 // ---- task definitions

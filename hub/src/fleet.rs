@@ -755,8 +755,14 @@ mod tests {
         let id = add_instance(&hub, 1, 4096, 4096);
         register(&hub, web(64));
         let arn = run(&hub, "web", 1).tasks[0].arn.clone();
+        let counts = |hub: &Hub| hub.api.store.cluster_counts("edge").expect("counts");
+        assert_eq!((counts(&hub).instances, counts(&hub).pending_tasks), (1, 1));
         let e = envelope(1, state(&arn, TaskStatus::Running));
         assert_eq!(ingest(&hub, &id, &e), Ingested::Applied { missing: vec![] });
+        assert_eq!(
+            (counts(&hub).running_tasks, counts(&hub).pending_tasks),
+            (1, 0)
+        );
         let t = task(&hub, &arn);
         assert_eq!(t.last_status, TaskStatus::Running);
         assert_eq!(t.started_at, Some(60.0));

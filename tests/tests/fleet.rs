@@ -114,6 +114,17 @@ impl Stack {
         serde_json::from_slice(&out.stdout).expect("aws prints JSON")
     }
 
+    /// Runs an aws command that must fail; returns what it printed on stderr.
+    fn aws_fails(&self, args: &[&str]) -> String {
+        let out = self
+            .command(Path::new("aws"))
+            .args(args)
+            .output()
+            .expect("run the aws CLI");
+        assert!(!out.status.success(), "aws {args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
     fn skerry(&self, args: &[&str]) -> Output {
         self.command(&binary("SKERRY_CLI_BIN", "skerry"))
             .args(args)
@@ -414,6 +425,18 @@ fn two_agents_register_run_tasks_and_a_service_and_survive_restarts() {
             Err(format!("{svc:#} {per:?}"))
         }
     });
+
+    // The cluster counts what runs on it, and cannot be deleted from under it.
+    let c = stack.aws(&["ecs", "describe-clusters", "--clusters", "default"]);
+    let c = &c["clusters"][0];
+    assert_eq!(c["registeredContainerInstancesCount"], 2, "{c:#}");
+    assert_eq!(c["runningTasksCount"], 5, "{c:#}");
+    assert_eq!(c["activeServicesCount"], 1, "{c:#}");
+    let err = stack.aws_fails(&["ecs", "delete-cluster", "--cluster", "default"]);
+    assert!(
+        err.contains("ClusterContainsContainerInstancesException"),
+        "{err}"
+    );
 
     // The hub restarts; nothing is lost and the agents reconnect.
     stack.down();

@@ -190,6 +190,14 @@ pub struct Store {
     conn: Mutex<Connection>,
 }
 
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterCounts {
+    pub instances: i64,
+    pub running_tasks: i64,
+    pub pending_tasks: i64,
+    pub active_services: i64,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cluster {
     pub name: String,
@@ -315,6 +323,30 @@ impl Store {
     }
 
     /// Marks an ACTIVE cluster INACTIVE; `None` if there is no ACTIVE cluster by that name.
+    /// What DescribeClusters counts: ACTIVE instances, tasks RUNNING and PENDING by their
+    /// reported status, ACTIVE services.
+    pub fn cluster_counts(&self, name: &str) -> Result<ClusterCounts, StoreError> {
+        let conn = self.conn()?;
+        let count = |sql: &str| -> Result<i64, StoreError> {
+            Ok(conn.query_row(sql, params![name], |r| r.get(0))?)
+        };
+        Ok(ClusterCounts {
+            instances: count(
+                "SELECT COUNT(*) FROM container_instances WHERE cluster = ?1 AND status = 'ACTIVE'",
+            )?,
+            running_tasks: count(
+                "SELECT COUNT(*) FROM tasks WHERE cluster = ?1 AND last_status = 'RUNNING'",
+            )?,
+            pending_tasks: count(
+                "SELECT COUNT(*) FROM tasks WHERE cluster = ?1
+                 AND last_status IN ('PROVISIONING', 'PENDING', 'ACTIVATING')",
+            )?,
+            active_services: count(
+                "SELECT COUNT(*) FROM services WHERE cluster = ?1 AND status = 'ACTIVE'",
+            )?,
+        })
+    }
+
     pub fn delete_cluster(&self, name: &str) -> Result<Option<Cluster>, StoreError> {
         let conn = self.conn()?;
         let n = conn.execute(
