@@ -59,7 +59,14 @@ fn instance_loads(
     active_only: bool,
     only: Option<&str>,
 ) -> Result<Vec<InstanceLoad>, StoreError> {
-    let mut stmt = conn.prepare_cached(
+    // One instance is looked up by its key: a DAEMON service asks once per instance, and a
+    // scan of the cluster each time made placing on N instances take N² steps.
+    let instance_filter = if only.is_some() {
+        "i.id = ?4"
+    } else {
+        "?4 IS NULL"
+    };
+    let mut stmt = conn.prepare_cached(&format!(
         "SELECT i.id, i.arn, i.status, i.cpu_units, i.memory_mib,
              COALESCE(SUM(CASE WHEN t.desired_status = 'RUNNING' THEN t.cpu END), 0),
              COALESCE(SUM(CASE WHEN t.desired_status = 'RUNNING' THEN t.memory END), 0),
@@ -69,9 +76,9 @@ fn instance_loads(
              COALESCE(SUM(t.last_status IN ('PROVISIONING', 'PENDING', 'ACTIVATING')), 0)
          FROM container_instances i
          LEFT JOIN tasks t ON t.instance_id = i.id AND t.last_status <> 'STOPPED'
-         WHERE i.cluster = ?1 AND (?3 = 0 OR i.status = 'ACTIVE') AND (?4 IS NULL OR i.id = ?4)
-         GROUP BY i.id ORDER BY i.id",
-    )?;
+         WHERE {instance_filter} AND i.cluster = ?1 AND (?3 = 0 OR i.status = 'ACTIVE')
+         GROUP BY i.id ORDER BY i.id"
+    ))?;
     let rows = stmt.query_map(params![cluster, group, active_only, only], |r| {
         let ports: String = r.get(7)?;
         Ok(InstanceLoad {
