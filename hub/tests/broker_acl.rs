@@ -287,11 +287,13 @@ fn devices_reach_only_their_own_topics_and_strangers_none() {
     // messages in order on one thread, so once A's own message is in, the forged one would
     // have been too.
     let (mut listener, rx) = broker.subscriber(&hub, "skerry/v1/+/up");
-    let probe = format!("{} probe", up("mi-probe"));
+    // The probe comes from device A: a second connection as the hub would take over the
+    // subscriber's session, since the broker makes each identity its own client id.
+    let probe = format!("{} probe", up(DEVICE_A));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (ok, err) = broker.publish(Some(&hub), &up("mi-probe"), "probe", false);
-        assert!(ok, "hub probe: {err}");
+        let (ok, err) = broker.publish(Some(&a), &up(DEVICE_A), "probe", false);
+        assert!(ok, "device probe: {err}");
         if rx.recv_timeout(Duration::from_millis(300)).ok().as_deref() == Some(probe.as_str()) {
             break;
         }
