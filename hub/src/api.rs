@@ -146,6 +146,23 @@ pub fn decode_token(token: &str) -> Option<String> {
     String::from_utf8(hex::decode(token).ok()?).ok()
 }
 
+/// The row id a `nextToken` made by `encode_token(&id.to_string())` stands for; `None` for
+/// no token, an `InvalidParameterException` for one this hub did not give out.
+pub fn decode_id_token(token: Option<&str>) -> Result<Option<i64>, ApiError> {
+    token
+        .map(|t| {
+            decode_token(t)
+                .and_then(|s| s.parse::<i64>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "InvalidParameterException",
+                        format!("nextToken {t:?} is not one this hub gave out"),
+                    )
+                })
+        })
+        .transpose()
+}
+
 /// Validates a page size against the operation's `1..=max`, defaulting to `max`.
 pub fn page_size(
     value: Option<i64>,

@@ -733,14 +733,7 @@ fn list_services(api: &Api, input: ListServicesInput) -> Result<Value, ApiError>
             )));
         }
     }
-    let after = match &input.next_token {
-        Some(t) => Some(
-            api::decode_token(t)
-                .and_then(|s| s.parse::<i64>().ok())
-                .ok_or_else(|| invalid("invalid nextToken"))?,
-        ),
-        None => None,
-    };
+    let after = api::decode_id_token(input.next_token.as_deref())?;
     // Every service here is EXTERNAL and customer-managed: another filter matches none.
     let matches = matches!(input.launch_type.as_deref(), None | Some("EXTERNAL"))
         && matches!(

@@ -623,14 +623,7 @@ fn list_tasks(api: &Api, input: ListTasksInput) -> Result<Value, ApiError> {
             "desiredStatus {desired} is invalid: use RUNNING, PENDING or STOPPED"
         )));
     }
-    let after = match &input.next_token {
-        Some(t) => Some(
-            api::decode_token(t)
-                .and_then(|s| s.parse::<i64>().ok())
-                .ok_or_else(|| invalid("invalid nextToken"))?,
-        ),
-        None => None,
-    };
+    let after = api::decode_id_token(input.next_token.as_deref())?;
     let instance_id = match &input.container_instance {
         Some(ci) => Some(
             ecs_instances::resolve_instance(api, &cluster, ci)?.ok_or_else(|| {

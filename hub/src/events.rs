@@ -55,12 +55,7 @@ fn list_events(api: &Api, input: ListEventsInput) -> Result<Value, ApiError> {
             ));
         }
     }
-    let after = match &input.next_token {
-        None => 0,
-        Some(t) => api::decode_token(t)
-            .and_then(|s| s.parse::<i64>().ok())
-            .ok_or_else(|| invalid(format!("nextToken {t:?} is not one this hub gave out")))?,
-    };
+    let after = api::decode_id_token(input.next_token.as_deref())?.unwrap_or(0);
     let rows = api
         .store
         .device_events_after(input.instance_id.as_deref(), after, limit)
