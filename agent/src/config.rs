@@ -49,6 +49,8 @@ struct RawConfig {
     data_dir: Option<PathBuf>,
     control_socket: Option<PathBuf>,
     provision_file: Option<PathBuf>,
+    bootstrap_file: Option<PathBuf>,
+    watchdog: Option<PathBuf>,
     log_format: Option<String>,
     stopped_retention_secs: Option<u64>,
     #[serde(default)]
@@ -101,6 +103,7 @@ struct RawImages {
     #[serde(default)]
     auths: BTreeMap<String, RawAuth>,
     platform: Option<String>,
+    preload_dir: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -128,6 +131,12 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub control_socket: PathBuf,
     pub provision_file: Option<PathBuf>,
+    /// The desired-state document a device with no other runs from its first boot.
+    pub bootstrap_file: Option<PathBuf>,
+    /// OCI image-layout archives imported into containerd at start.
+    pub preload_dir: Option<PathBuf>,
+    /// The hardware watchdog the agent feeds while its reconciler answers.
+    pub watchdog: Option<PathBuf>,
     pub log_format: LogFormat,
     pub stopped_retention_secs: u64,
     pub containerd_socket: PathBuf,
@@ -247,7 +256,32 @@ impl Config {
                 )
             })?),
         };
+        let beside_provision = |name: &str| {
+            raw.provision_file
+                .as_ref()
+                .and_then(|p| Some(p.parent()?.join(name)))
+        };
+        for (key, p) in [
+            ("bootstrap_file", &raw.bootstrap_file),
+            ("watchdog", &raw.watchdog),
+            ("images.preload_dir", &raw.images.preload_dir),
+        ] {
+            if let Some(p) = p.as_ref().filter(|p| !p.is_absolute()) {
+                return Err(invalid(
+                    key,
+                    format!("{} is not an absolute path", p.display()),
+                ));
+            }
+        }
         Ok(Config {
+            bootstrap_file: raw
+                .bootstrap_file
+                .or_else(|| beside_provision("bootstrap.json")),
+            preload_dir: raw
+                .images
+                .preload_dir
+                .or_else(|| beside_provision("images")),
+            watchdog: raw.watchdog,
             control_socket: raw
                 .control_socket
                 .unwrap_or_else(|| data_dir.join("agent.sock")),
@@ -382,6 +416,27 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.auths["registry.example"].0, "u");
         assert_eq!(c.log_max_files, 2);
+        assert_eq!(c.bootstrap_file, None, "no provisioning file, no default");
+        assert_eq!(c.watchdog, None);
+    }
+
+    #[test]
+    fn bootstrap_and_preload_default_to_beside_the_provisioning_file() {
+        let c = parse("provision_file = \"/boot/skerry/provision.toml\"").expect("valid");
+        assert_eq!(c.bootstrap_file, Some("/boot/skerry/bootstrap.json".into()));
+        assert_eq!(c.preload_dir, Some("/boot/skerry/images".into()));
+        let c = parse(
+            "provision_file = \"/boot/skerry/provision.toml\"\n\
+             bootstrap_file = \"/etc/skerry/first.json\"\n\
+             watchdog = \"/dev/watchdog\"\n\
+             [images]\npreload_dir = \"/media/images\"",
+        )
+        .expect("valid");
+        assert_eq!(c.bootstrap_file, Some("/etc/skerry/first.json".into()));
+        assert_eq!(c.preload_dir, Some("/media/images".into()));
+        assert_eq!(c.watchdog, Some("/dev/watchdog".into()));
+        let e = parse("watchdog = \"dev/watchdog\"").expect_err("relative");
+        assert!(e.to_string().contains("watchdog"), "{e}");
     }
 
     #[test]

@@ -17,7 +17,10 @@
 //! - `provision`: the provisioning file on the boot partition (hub, activation, CA pin).
 //! - `identity`: the device key, registration over pinned TLS, the stored identity.
 //! - `link`: the MQTT link: desired state down, the outbox up, presence and metrics.
+//! - `bootstrap`: a first boot without network: preloaded images, the bootstrap document.
+//! - `watchdog`: feeds the hardware watchdog while the reconciler answers.
 
+pub mod bootstrap;
 pub mod cgroup;
 pub mod config;
 pub mod control;
@@ -33,3 +36,4 @@ pub mod reconcile;
 pub mod runtime;
 pub mod spec;
 pub mod store;
+pub mod watchdog;

@@ -15,7 +15,7 @@ use skerry_agent::reconcile::Reconciler;
 use skerry_agent::runtime::Containerd;
 use skerry_agent::store::Store;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{error, info};
 use tracing_subscriber::filter::Targets;
 
 /// sysexits' EX_CONFIG: the configuration is unusable.
@@ -198,6 +198,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             platform: cfg.platform.clone(),
         },
     )?;
+    // Before any task starts, so that a first boot without network finds its images.
+    if let Some(dir) = &cfg.preload_dir {
+        skerry_agent::bootstrap::import_preloaded(&images, dir, &cfg.data_dir).await;
+    }
     let network = Network::new(NetworkConfig {
         cni_bin_dirs: cfg.cni_bin_dirs.clone(),
         state_dir: cfg.network_state_dir(),
@@ -223,8 +227,28 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         .context("cannot open the outbox for the hub link")?;
     if let Some(link) = &link {
         handle.observe(link.observer());
+        handle.observe_events(link.event_sink());
     }
     let reconciling = tokio::spawn(reconciler.run());
+    // Applied before the link can bring the hub's first document, which then takes over.
+    if let Some(path) = &cfg.bootstrap_file {
+        match skerry_agent::bootstrap::load(path) {
+            Ok(Some(doc)) => match handle.bootstrap(doc).await {
+                Ok(Some(_)) => info!(file = %path.display(), "bootstrap document applied"),
+                Ok(None) => {}
+                Err(e) => {
+                    error!(file = %path.display(), "cannot apply the bootstrap document: {e}")
+                }
+            },
+            Ok(None) => {}
+            Err(e) => error!("{e}; starting without it"),
+        }
+    }
+    let watchdog = cfg.watchdog.clone().map(|path| {
+        let handle = handle.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move { skerry_agent::watchdog::feed(&path, handle, stop).await })
+    });
     // The link outlives the reconciler's shutdown so that its last changes are reported.
     let link_stop = CancellationToken::new();
     let linking = link.map(|link| tokio::spawn(link.run(handle.clone(), link_stop.clone())));
@@ -238,6 +262,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     info!("shutting down");
     shutdown.cancel();
     let _ = reconciling.await;
+    if let Some(watchdog) = watchdog {
+        let _ = watchdog.await;
+    }
     link_stop.cancel();
     if let Some(linking) = linking {
         let _ = linking.await;

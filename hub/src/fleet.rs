@@ -22,9 +22,9 @@ use std::ops::RangeInclusive;
 use std::sync::Mutex;
 
 use serde_json::{json, Map, Value};
-use skerry_proto::desired::{DesiredState, DesiredStatus, DesiredTask};
+use skerry_proto::desired::{DesiredState, DesiredStatus, DesiredTask, SERVICE_GROUP_PREFIX};
 use skerry_proto::link::{Envelope, Message};
-use skerry_proto::status::{ContainerReport, TaskReport, TaskStatus};
+use skerry_proto::status::{ContainerReport, HealthStatus, TaskReport, TaskStatus};
 use skerry_proto::taskdef::TaskDefinition;
 use tokio::sync::Notify;
 
@@ -129,11 +129,11 @@ impl Fleet {
         api: &Api,
         instance_id: &str,
     ) -> Result<Option<DesiredState>, FleetError> {
-        let Some((generation, rows)) = api.store.document_rows(instance_id)? else {
+        let Some(parts) = api.store.document_rows(instance_id)? else {
             return Ok(None);
         };
-        let mut tasks = Vec::with_capacity(rows.len());
-        for r in rows {
+        let mut tasks = Vec::with_capacity(parts.tasks.len());
+        for r in parts.tasks {
             let mut td = TaskDefinition::parse(&r.body).map_err(|e| FleetError::BadDocument {
                 instance: instance_id.to_string(),
                 message: format!(
@@ -148,11 +148,13 @@ impl Fleet {
                 task_arn: r.task_arn,
                 task_definition: td,
                 desired_status: r.desired_status,
+                group: Some(r.group),
             });
         }
         let doc = DesiredState {
-            generation: u64::try_from(generation).unwrap_or(0),
+            generation: u64::try_from(parts.generation).unwrap_or(0),
             tasks,
+            refused: parts.refused,
         };
         // The agent refuses an invalid document whole; better to say so here.
         doc.validate().map_err(|e| FleetError::BadDocument {
@@ -498,6 +500,86 @@ impl Ctx<'_, '_, '_> {
         }
         let message = state_message(Some(&t), &m);
         self.event(Some(&r.task_arn), None, "taskState", message)?;
+        if let Some(new) = &r.replaced_by {
+            self.replacement(&t, new)?;
+        }
+        Ok(())
+    }
+
+    /// The device replaced the service task `before` (as it stood before this message) with
+    /// `new_arn` on its own: the new task becomes the service's, in the old one's place, so
+    /// the service loop does not start one of its own; the old one is wanted STOPPED and its
+    /// report says why it stopped. A replacement of a task the hub no longer wanted (its
+    /// service scaled down, deleted, or the task stopped while the device was away) is
+    /// recorded wanted STOPPED, and the device stops it. Either report, the old task's
+    /// `replacedBy` or the new one's `replaces`, may come first; the second finds it done.
+    fn replacement(&mut self, before: &TaskRow, new_arn: &str) -> Result<(), FleetError> {
+        if self.tx.task(new_arn)?.is_some() {
+            return Ok(());
+        }
+        let service = match before.service_id {
+            Some(id) => self.tx.service(id)?,
+            None => None,
+        };
+        let wanted = before.desired_status == DesiredStatus::Running
+            && service.as_ref().is_some_and(|s| s.status == "ACTIVE");
+        if let Some(cur) = self.tx.task(&before.arn)? {
+            if cur.desired_status != DesiredStatus::Stopped {
+                let mut m = cur.clone();
+                m.desired_status = DesiredStatus::Stopped;
+                m.stopping_at.get_or_insert(self.time);
+                self.tx.save_task(Some(&cur), &mut m, self.now)?;
+            }
+        }
+        let mut row = TaskRow {
+            seq: 0,
+            arn: new_arn.to_string(),
+            cluster: before.cluster.clone(),
+            instance_id: before.instance_id.clone(),
+            instance_arn: before.instance_arn.clone(),
+            family: before.family.clone(),
+            revision: before.revision,
+            task_definition_arn: before.task_definition_arn.clone(),
+            service_id: before.service_id,
+            started_by: before.started_by.clone(),
+            group: before.group.clone(),
+            client_token: None,
+            last_status: TaskStatus::Pending,
+            desired_status: if wanted {
+                DesiredStatus::Running
+            } else {
+                DesiredStatus::Stopped
+            },
+            health_status: HealthStatus::Unknown,
+            cpu: before.cpu,
+            memory: before.memory,
+            ports: before.ports.clone(),
+            containers: Vec::new(),
+            stopped_reason: (!wanted)
+                .then(|| "Task stopped: the hub no longer wants the task it replaced".into()),
+            stop_code: (!wanted).then(|| "ServiceSchedulerInitiated".into()),
+            tags: before.tags.clone(),
+            version: 1,
+            desired_generation: 0,
+            created_at: self.time,
+            started_at: None,
+            stopping_at: (!wanted).then_some(self.time),
+            stopped_at: None,
+            updated_at: self.now,
+        };
+        self.tx.save_task(None, &mut row, self.now)?;
+        self.poke = true;
+        let what = if wanted {
+            format!("{}'s task in its place", before.group)
+        } else {
+            "to be stopped: the hub no longer wanted the task it replaced".into()
+        };
+        self.event(
+            Some(&before.arn),
+            None,
+            "taskReplaced",
+            format!("replaced on the device by task {new_arn}, {what}"),
+        )?;
         Ok(())
     }
 
@@ -506,6 +588,15 @@ impl Ctx<'_, '_, '_> {
     /// it in a document, so it is recorded as wanted STOPPED and the device gets a new
     /// document, which leaves it out and so stops it.
     fn unknown(&mut self, r: &TaskReport) -> Result<(), FleetError> {
+        if let Some(old) = r.replaces.as_deref() {
+            if let Some(before) = self.tx.task(old)? {
+                if before.instance_id == self.link.id {
+                    // The old task as it stood: its own report may not have come yet.
+                    self.replacement(&before, &r.task_arn)?;
+                    return self.report(r);
+                }
+            }
+        }
         let reference = r
             .task_definition_arn
             .as_deref()
@@ -525,6 +616,20 @@ impl Ctx<'_, '_, '_> {
         let adopt = definition.is_some() && self.link.status == "ACTIVE";
         let demand = definition.as_ref().map(|(_, td)| Demand::of(td));
         let family = reference.as_ref().map(|(f, _)| f.clone());
+        // A task of a service of this cluster (from a bootstrap document that names it):
+        // the service's, if it runs this definition, and wanted while the service is ACTIVE.
+        let service = match r
+            .group
+            .as_deref()
+            .and_then(|g| g.strip_prefix(SERVICE_GROUP_PREFIX))
+        {
+            Some(name) if adopt => self
+                .tx
+                .service_by_name(&self.link.cluster, name)?
+                .filter(|s| reference.as_ref() == Some(&(s.family.clone(), s.revision))),
+            _ => None,
+        };
+        let adopt = adopt && service.as_ref().is_none_or(|s| s.status == "ACTIVE");
         let mut row = TaskRow {
             seq: 0,
             arn: r.task_arn.clone(),
@@ -534,9 +639,12 @@ impl Ctx<'_, '_, '_> {
             family: definition.as_ref().map(|(d, _)| d.family.clone()),
             revision: definition.as_ref().map(|(d, _)| d.revision),
             task_definition_arn: r.task_definition_arn.clone(),
-            service_id: None,
-            started_by: None,
-            group: format!("family:{}", family.as_deref().unwrap_or("unknown")),
+            service_id: service.as_ref().map(|s| s.id),
+            started_by: service.as_ref().map(|s| s.deployment_id.clone()),
+            group: match &service {
+                Some(s) => scheduler::service_group(s),
+                None => format!("family:{}", family.as_deref().unwrap_or("unknown")),
+            },
             client_token: None,
             last_status: r.last_status,
             desired_status: if adopt && r.last_status != TaskStatus::Stopped {
@@ -677,7 +785,8 @@ fn merge_containers(stored: &[Value], reports: &[ContainerReport]) -> Vec<Value>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scheduler::tests::{add_instance, hub, register, run, web, Hub};
+    use crate::scheduler::tests::{add_instance, add_service, hub, pass, register, run, web, Hub};
+    use crate::scheduler::ServiceOutcome;
     use skerry_proto::link::{Entry, EventKind, HostMetrics};
     use skerry_proto::status::{HealthStatus, NetworkBinding};
     use skerry_proto::taskdef::Protocol;
@@ -722,6 +831,9 @@ mod tests {
                 }],
                 image: "busybox".into(),
             }],
+            group: None,
+            replaces: None,
+            replaced_by: None,
         }
     }
 
@@ -871,6 +983,116 @@ mod tests {
         assert_eq!(events[0].container.as_deref(), Some("web"));
     }
 
+    /// A service's task that the device replaced, reported in either order: the old task's
+    /// `replacedBy` or the new one's `replaces` first.
+    fn replaced_on_the_device(
+        new_first: bool,
+        service_status: &str,
+    ) -> (Hub, String, i64, String, String) {
+        let hub = hub();
+        let id = add_instance(&hub, 1, 4096, 4096);
+        register(&hub, web(64));
+        let svc = add_service(&hub, "site", 1, "REPLICA");
+        let old = pass(&hub, svc, 2.0).started[0].clone();
+        let new = format!(
+            "{}/{}",
+            old.rsplit_once('/').expect("arn").0,
+            "f".repeat(32)
+        );
+        if service_status != "ACTIVE" {
+            hub.fleet
+                .write(&hub.api.store, |tx| -> Result<(), StoreError> {
+                    let mut s = tx.service(svc)?.expect("service");
+                    s.status = service_status.into();
+                    tx.update_service(&s)
+                })
+                .expect("status");
+        }
+        let mut stopped = report(&old, TaskStatus::Stopped);
+        stopped.desired_status = DesiredStatus::Stopped;
+        stopped.stopped_reason = Some("Essential container in task exited".into());
+        stopped.stop_code = Some("EssentialContainerExited".into());
+        stopped.group = Some("service:site".into());
+        stopped.replaced_by = Some(new.clone());
+        let mut started = report(&new, TaskStatus::Running);
+        started.group = Some("service:site".into());
+        started.replaces = Some(old.clone());
+        started.task_definition_arn =
+            Some("arn:aws:ecs:eu-west-1:123456789012:task-definition/web:1".into());
+        let (a, b) = if new_first {
+            (started, stopped)
+        } else {
+            (stopped, started)
+        };
+        ingest(&hub, &id, &envelope(1, Message::TaskState { task: a }));
+        ingest(&hub, &id, &envelope(2, Message::TaskState { task: b }));
+        (hub, id, svc, old, new)
+    }
+
+    #[test]
+    fn a_service_task_replaced_on_the_device_takes_its_place() {
+        for new_first in [false, true] {
+            let (hub, id, svc, old, new) = replaced_on_the_device(new_first, "ACTIVE");
+            let n = task(&hub, &new);
+            assert_eq!(n.service_id, Some(svc), "new first: {new_first}");
+            assert_eq!(n.group, "service:site");
+            assert_eq!(
+                (n.last_status, n.desired_status),
+                (TaskStatus::Running, DesiredStatus::Running)
+            );
+            assert_eq!(n.memory, 64);
+            let o = task(&hub, &old);
+            assert_eq!(
+                (o.last_status, o.desired_status),
+                (TaskStatus::Stopped, DesiredStatus::Stopped)
+            );
+            assert_eq!(o.stop_code.as_deref(), Some("EssentialContainerExited"));
+            assert_eq!(
+                o.stopped_reason.as_deref(),
+                Some("Essential container in task exited"),
+                "the device's reason, not the hub's"
+            );
+            assert_eq!(
+                pass(&hub, svc, 5.0),
+                ServiceOutcome::default(),
+                "the service's count is met: the hub starts no task of its own"
+            );
+            let doc = hub
+                .fleet
+                .desired_document(&hub.api, &id)
+                .expect("d")
+                .expect("i");
+            let t = doc.task(&new).expect("the new task is in the document");
+            assert_eq!(t.desired_status, DesiredStatus::Running);
+            assert_eq!(t.group.as_deref(), Some("service:site"));
+            assert!(doc.task(&old).is_none());
+            assert!(kinds(&hub, &id).contains(&"taskReplaced".to_string()));
+        }
+    }
+
+    #[test]
+    fn a_replacement_of_a_task_the_hub_no_longer_wants_is_stopped() {
+        for new_first in [false, true] {
+            let (hub, id, _, _, new) = replaced_on_the_device(new_first, "DRAINING");
+            let n = task(&hub, &new);
+            assert_eq!(
+                n.desired_status,
+                DesiredStatus::Stopped,
+                "new first: {new_first}"
+            );
+            let doc = hub
+                .fleet
+                .desired_document(&hub.api, &id)
+                .expect("d")
+                .expect("i");
+            assert_eq!(
+                doc.task(&new).map(|t| t.desired_status),
+                Some(DesiredStatus::Stopped),
+                "the device is told to stop it"
+            );
+        }
+    }
+
     #[test]
     fn an_unknown_task_is_recorded_not_dropped() {
         let hub = hub();
@@ -920,6 +1142,7 @@ mod tests {
             .expect("d")
             .expect("i");
         assert!(doc2.task(stray).is_none());
+        assert_eq!(doc2.refused, [stray], "the device is told to stop it");
         assert!(doc2.generation > doc.generation);
         assert_eq!(kinds(&hub, &id), ["unknownTask", "unknownTask"]);
     }

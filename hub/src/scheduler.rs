@@ -1175,7 +1175,7 @@ pub(crate) mod tests {
         assert!(matches!(ok, Ok(Some(_))));
     }
 
-    fn add_service(hub: &Hub, name: &str, desired: i64, strategy: &str) -> i64 {
+    pub(crate) fn add_service(hub: &Hub, name: &str, desired: i64, strategy: &str) -> i64 {
         hub.fleet
             .write(&hub.api.store, |tx| -> Result<i64, SchedError> {
                 let mut s = ServiceRow {
@@ -1201,7 +1201,7 @@ pub(crate) mod tests {
             .expect("service")
     }
 
-    fn pass(hub: &Hub, id: i64, now: f64) -> ServiceOutcome {
+    pub(crate) fn pass(hub: &Hub, id: i64, now: f64) -> ServiceOutcome {
         hub.fleet
             .write(&hub.api.store, |tx| {
                 reconcile_service(tx, &hub.api, id, now)

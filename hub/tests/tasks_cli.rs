@@ -128,6 +128,9 @@ impl Devices {
                 }],
                 image: "busybox".into(),
             }],
+            group: None,
+            replaces: None,
+            replaced_by: None,
         };
         self.send(id, Message::TaskState { task })
     }

@@ -29,6 +29,12 @@ impl From<TaskDefError> for DesiredError {
 pub struct DesiredState {
     pub generation: u64,
     pub tasks: Vec<DesiredTask>,
+    /// Tasks the device started on its own (from its bootstrap document, or as a local
+    /// replacement) that the hub will not take on, by ARN: the device stops them. A task the
+    /// device started on its own and that a document neither lists in `tasks` nor here is
+    /// one the hub has not heard of yet, and keeps running.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,6 +43,11 @@ pub struct DesiredTask {
     pub task_arn: String,
     pub task_definition: TaskDefinition,
     pub desired_status: DesiredStatus,
+    /// ECS's task group: `service:NAME` for a service's task, which the device replaces on
+    /// its own when the task stops for good (its essential container exited), without
+    /// waiting for the hub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -75,7 +86,18 @@ pub fn is_containerd_id(id: &str) -> bool {
         && !b.windows(2).any(|w| sep(w[0]) && sep(w[1]))
 }
 
+/// The prefix of a service's task group.
+pub const SERVICE_GROUP_PREFIX: &str = "service:";
+
 impl DesiredTask {
+    /// Whether the device replaces this task itself when it stops for good.
+    pub fn replaced_locally(&self) -> bool {
+        self.desired_status == DesiredStatus::Running
+            && self.group.as_deref().is_some_and(|g| {
+                g.len() > SERVICE_GROUP_PREFIX.len() && g.starts_with(SERVICE_GROUP_PREFIX)
+            })
+    }
+
     /// The containerd container id of one of the task's containers: `<task_id>-<name>`.
     /// Validated by [`DesiredState::parse`] to be a valid containerd id for every container.
     pub fn container_id(&self, container_name: &str) -> String {
@@ -182,6 +204,16 @@ impl DesiredState {
                         ),
                     });
                 }
+            }
+        }
+        for (i, arn) in self.refused.iter().enumerate() {
+            if self.task(arn).is_some() {
+                return Err(DesiredError {
+                    path: format!("refused[{i}]"),
+                    message: format!(
+                        "task {arn:?} is both refused and listed in tasks; name it in one place"
+                    ),
+                });
             }
         }
         Ok(())

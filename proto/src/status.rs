@@ -54,6 +54,15 @@ pub struct TaskReport {
     pub stopped_at: Option<f64>,
     #[serde(default)]
     pub containers: Vec<ContainerReport>,
+    /// The task's group (`service:NAME`, `family:NAME`), as its document gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// For a task the device started on its own to replace another: that task's ARN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
+    /// For a task of a service that the device replaced on its own: the new task's ARN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_by: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

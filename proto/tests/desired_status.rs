@@ -129,6 +129,9 @@ fn task_report_serializes_in_describe_tasks_shape() {
             }],
             image: "nginx".into(),
         }],
+        group: None,
+        replaces: None,
+        replaced_by: None,
     };
     let v = serde_json::to_value(&r).expect("serializes");
     assert_eq!(

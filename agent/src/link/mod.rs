@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::identity::{self, Plan};
 use crate::outbox::{Class, Outbox, OutboxConfig, OutboxError};
-use crate::reconcile::{Handle, Observer};
+use crate::reconcile::{EventSink, Handle, Observer, TaskEvent};
 
 /// Outbox keys of the records that only their latest value matters for.
 const KEY_APPLIED: &str = "applied-generation";
@@ -133,6 +133,12 @@ impl Link {
     pub fn observer(&self) -> Observer {
         let changes = self.changes.clone();
         Arc::new(move |arn: &str| changes.mark(arn))
+    }
+
+    /// The reconciler's event sink: queues the event for the reporter.
+    pub fn event_sink(&self) -> EventSink {
+        let changes = self.changes.clone();
+        Arc::new(move |e: TaskEvent| changes.event(e))
     }
 
     /// Runs until `stop`: establishes the identity (registering if needed, with backoff),

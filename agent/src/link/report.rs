@@ -3,7 +3,7 @@
 //! of each dirty task as a `TaskState`, keyed by task ARN so the outbox coalesces under
 //! pressure. Changes that come faster than the disk coalesce here, never losing the latest.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -16,11 +16,14 @@ use tracing::warn;
 use super::backoff::Backoff;
 use super::Outbound;
 use crate::outbox::Class;
-use crate::reconcile::Handle;
+use crate::reconcile::{Handle, TaskEvent};
 
 /// Most task ARNs kept by name; beyond, every task is reported (nothing is lost, the set
 /// stays bounded).
 const MAX_DIRTY: usize = 4096;
+/// Most events waiting for the outbox (which is where they are bounded); beyond, the
+/// oldest are dropped and counted.
+const MAX_EVENTS: usize = 4096;
 
 #[derive(Default)]
 struct Dirty {
@@ -30,8 +33,15 @@ struct Dirty {
 }
 
 #[derive(Default)]
+struct Events {
+    queue: VecDeque<TaskEvent>,
+    dropped: u64,
+}
+
+#[derive(Default)]
 pub struct Changes {
     dirty: Mutex<Dirty>,
+    events: Mutex<Events>,
     notify: Notify,
 }
 
@@ -54,6 +64,60 @@ impl Changes {
             }
         }
         self.notify.notify_one();
+    }
+
+    /// Queues an event; returns at once.
+    pub fn event(&self, e: TaskEvent) {
+        {
+            let mut q = self.events.lock().unwrap_or_else(|p| p.into_inner());
+            if q.queue.len() >= MAX_EVENTS {
+                q.queue.pop_front();
+                q.dropped += 1;
+            }
+            q.queue.push_back(e);
+        }
+        self.notify.notify_one();
+    }
+
+    /// Takes the queued events, with a note of how many were dropped first if any.
+    fn take_events(&self) -> Vec<Message> {
+        let mut q = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::with_capacity(q.queue.len() + 1);
+        if q.dropped > 0 {
+            out.push(Message::Dropped {
+                what: "task events (the outbox could not take them fast enough)".into(),
+                count: std::mem::take(&mut q.dropped),
+            });
+        }
+        out.extend(q.queue.drain(..).map(|e| Message::Event {
+            kind: e.kind,
+            task_arn: Some(e.task_arn),
+            container: e.container,
+            message: e.message,
+        }));
+        out
+    }
+
+    /// Puts events back at the front, in order, when the outbox could not take them.
+    fn requeue(&self, events: Vec<Message>) {
+        let mut q = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        for m in events.into_iter().rev() {
+            match m {
+                Message::Event {
+                    kind,
+                    task_arn: Some(task_arn),
+                    container,
+                    message,
+                } => q.queue.push_front(TaskEvent {
+                    kind,
+                    task_arn,
+                    container,
+                    message,
+                }),
+                Message::Dropped { count, .. } => q.dropped += count,
+                _ => {}
+            }
+        }
     }
 
     /// Takes the marked tasks: (ARNs, whether all tasks are to be reported).
@@ -109,6 +173,25 @@ pub async fn run(
                     // Marked again, so the latest state goes in once the outbox takes it.
                     changes.mark(&t.task_arn);
                     failed = true;
+                }
+            }
+        }
+        if !failed {
+            let mut events = changes.take_events().into_iter();
+            while let Some(m) = events.next() {
+                let class = match &m {
+                    Message::Event { task_arn, .. } => Class::Event {
+                        key: task_arn.clone().unwrap_or_default(),
+                    },
+                    _ => Class::Event {
+                        key: "events".into(),
+                    },
+                };
+                if let Err(e) = out.append(class, m.clone()).await {
+                    warn!("cannot record a task event in the outbox: {e}");
+                    changes.requeue(std::iter::once(m).chain(events).collect());
+                    failed = true;
+                    break;
                 }
             }
         }

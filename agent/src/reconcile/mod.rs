@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use skerry_proto::desired::{DesiredState, DesiredStatus};
+use skerry_proto::desired::{DesiredState, DesiredStatus, DesiredTask};
+use skerry_proto::link::EventKind;
 use skerry_proto::status::{ContainerReport, HealthStatus, TaskReport, TaskStatus};
 use skerry_proto::taskdef::{ContainerDefinition, TaskDefinition};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -33,6 +34,11 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 /// How long supervisors get to finish what they are doing when the agent stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 const COMMAND_QUEUE: usize = 16;
+/// Local replacements of a service's tasks: the first is at once, then they back off.
+const REPLACEMENT_BACKOFF: Duration = Duration::from_secs(10);
+const REPLACEMENT_BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// A task that ran this long resets its service's backoff.
+const REPLACEMENT_RESET: Duration = Duration::from_secs(600);
 
 /// What the agent keeps per task, across restarts.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -49,6 +55,15 @@ pub struct TaskRecord {
     /// Everything the task held (containers, network, scratch files) has been removed.
     #[serde(default)]
     pub cleaned: bool,
+    /// The device started this task on its own (from the bootstrap document, or to replace
+    /// a service's task) and no document has mentioned it since: documents that leave it
+    /// out keep it running, as the hub may not have heard of it yet.
+    #[serde(default)]
+    pub local: bool,
+    /// Not started before this time (epoch seconds): a local replacement of a task that
+    /// keeps failing waits, as ECS's service scheduler does.
+    #[serde(default)]
+    pub start_after: Option<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,11 +90,27 @@ pub(crate) struct Shared {
     records: Mutex<BTreeMap<String, TaskRecord>>,
     netns: Mutex<HashMap<String, Option<PathBuf>>>,
     observer: OnceLock<Observer>,
+    events: OnceLock<EventSink>,
+    /// Supervisors ask the reconciler to replace their task through this.
+    replacements: mpsc::Sender<(String, oneshot::Sender<Option<String>>)>,
 }
 
 /// Told the ARN of every task whose record changed, after the change is committed. Called
 /// on the reconciler's path, so it must return at once (no I/O, no waiting).
 pub type Observer = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Something that happened to a task that its state alone does not say: a container
+/// restarted, a task replaced on the device.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskEvent {
+    pub kind: EventKind,
+    pub task_arn: String,
+    pub container: Option<String>,
+    pub message: String,
+}
+
+/// Told every [`TaskEvent`]; like an [`Observer`], it must return at once.
+pub type EventSink = Arc<dyn Fn(TaskEvent) + Send + Sync>;
 
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, TaskRecord>> {
@@ -128,6 +159,32 @@ impl Shared {
         }
     }
 
+    pub(crate) fn event(
+        &self,
+        kind: EventKind,
+        arn: &str,
+        container: Option<&str>,
+        message: String,
+    ) {
+        if let Some(sink) = self.events.get() {
+            sink(TaskEvent {
+                kind,
+                task_arn: arn.to_string(),
+                container: container.map(str::to_string),
+                message,
+            });
+        }
+    }
+
+    /// Asks the reconciler to replace the task `arn`, which is stopping for good, with a
+    /// new task of the same service; returns the new task's ARN, or `None` when the task is
+    /// not one the device replaces (not a service's, or no longer wanted).
+    pub(crate) async fn replace(&self, arn: &str) -> Option<String> {
+        let (tx, rx) = oneshot::channel();
+        self.replacements.send((arn.to_string(), tx)).await.ok()?;
+        rx.await.ok().flatten()
+    }
+
     pub(crate) fn set_netns(&self, task_id: &str, path: Option<PathBuf>) {
         let mut m = self.netns.lock().unwrap_or_else(|p| p.into_inner());
         m.insert(task_id.to_string(), path);
@@ -172,6 +229,60 @@ impl Shared {
     }
 }
 
+/// A new task's record: PENDING, its containers too.
+fn new_record(t: &DesiredTask) -> TaskRecord {
+    let report = TaskReport {
+        task_arn: t.task_arn.clone(),
+        task_definition_arn: t.task_definition.task_definition_arn.clone(),
+        last_status: TaskStatus::Pending,
+        desired_status: t.desired_status,
+        stopped_reason: None,
+        stop_code: None,
+        health_status: HealthStatus::Unknown,
+        created_at: Some(now_secs()),
+        started_at: None,
+        stopping_at: None,
+        stopped_at: None,
+        containers: t
+            .task_definition
+            .container_definitions
+            .iter()
+            .map(|c| ContainerReport {
+                name: c.name.clone(),
+                runtime_id: None,
+                last_status: TaskStatus::Pending,
+                exit_code: None,
+                reason: None,
+                health_status: HealthStatus::Unknown,
+                network_bindings: Vec::new(),
+                image: c.image.clone(),
+            })
+            .collect(),
+        group: t.group.clone(),
+        replaces: None,
+        replaced_by: None,
+    };
+    TaskRecord {
+        task_id: t.task_id().to_string(),
+        definition: t.task_definition.clone(),
+        report,
+        restarts: BTreeMap::new(),
+        container_started: BTreeMap::new(),
+        cleaned: false,
+        local: false,
+        start_after: None,
+    }
+}
+
+/// The wait before the `n`th local replacement in a row of a service's task: none for the
+/// first, then 10 s doubling up to 5 minutes.
+fn replacement_delay(n: u32) -> Duration {
+    match n {
+        0 => Duration::ZERO,
+        n => (REPLACEMENT_BACKOFF * 2u32.saturating_pow(n - 1)).min(REPLACEMENT_BACKOFF_MAX),
+    }
+}
+
 pub(crate) fn now_secs() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -180,7 +291,15 @@ pub(crate) fn now_secs() -> f64 {
 }
 
 enum Command {
-    Apply(DesiredState, oneshot::Sender<Result<u64, ApplyError>>),
+    /// A document from the hub or the local operator; `local` for the bootstrap document,
+    /// whose tasks the device starts on its own.
+    Apply {
+        doc: DesiredState,
+        local: bool,
+        reply: oneshot::Sender<Result<u64, ApplyError>>,
+    },
+    /// Answered at once: the watchdog's proof that the reconciler is not stuck.
+    Ping(oneshot::Sender<()>),
 }
 
 /// The way in: apply a document, read task reports.
@@ -193,12 +312,36 @@ pub struct Handle {
 impl Handle {
     /// Commits `doc` and starts converging to it; returns the generation now applied.
     pub async fn apply(&self, doc: DesiredState) -> Result<u64, ApplyError> {
-        let (tx, rx) = oneshot::channel();
+        self.send_apply(doc, false).await
+    }
+
+    /// Applies the bootstrap document: only when no document was ever applied, and its
+    /// tasks count as started by the device on its own (see [`TaskRecord::local`]).
+    /// Returns `None` when a document was applied before.
+    pub async fn bootstrap(&self, doc: DesiredState) -> Result<Option<u64>, ApplyError> {
+        if self.generation()?.is_some() {
+            return Ok(None);
+        }
+        self.send_apply(doc, true).await.map(Some)
+    }
+
+    async fn send_apply(&self, doc: DesiredState, local: bool) -> Result<u64, ApplyError> {
+        let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Apply(doc, tx))
+            .send(Command::Apply { doc, local, reply })
             .await
             .map_err(|_| ApplyError::ShuttingDown)?;
         rx.await.map_err(|_| ApplyError::ShuttingDown)?
+    }
+
+    /// Whether the reconciler answers within `timeout`.
+    pub async fn ping(&self, timeout: Duration) -> bool {
+        let (tx, rx) = oneshot::channel();
+        let asked = async {
+            self.tx.send(Command::Ping(tx)).await.ok()?;
+            rx.await.ok()
+        };
+        matches!(tokio::time::timeout(timeout, asked).await, Ok(Some(())))
     }
 
     /// Every task the agent knows, oldest first, in the shape of DescribeTasks' `tasks`.
@@ -222,6 +365,11 @@ impl Handle {
     /// installed is kept.
     pub fn observe(&self, observer: Observer) {
         let _ = self.shared.observer.set(observer);
+    }
+
+    /// Installs the sink of task events; only the first one installed is kept.
+    pub fn observe_events(&self, sink: EventSink) {
+        let _ = self.shared.events.set(sink);
     }
 
     /// The generation of the desired-state document applied last, if any.
@@ -259,8 +407,11 @@ struct Supervised {
 pub struct Reconciler {
     shared: Arc<Shared>,
     rx: mpsc::Receiver<Command>,
+    replacements: mpsc::Receiver<(String, oneshot::Sender<Option<String>>)>,
     desired: Option<DesiredState>,
     supervisors: HashMap<String, Supervised>,
+    /// Per service group: local replacements in a row, and when the last one was made.
+    replaced: HashMap<String, (u32, f64)>,
     shutdown: CancellationToken,
 }
 
@@ -280,6 +431,7 @@ impl Reconciler {
             .into_iter()
             .map(|r| (r.report.task_arn.clone(), r))
             .collect();
+        let (replace_tx, replacements) = mpsc::channel(COMMAND_QUEUE);
         let shared = Arc::new(Shared {
             cfg,
             cd,
@@ -290,6 +442,8 @@ impl Reconciler {
             records: Mutex::new(records),
             netns: Mutex::new(HashMap::new()),
             observer: OnceLock::new(),
+            events: OnceLock::new(),
+            replacements: replace_tx,
         });
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let handle = Handle {
@@ -300,8 +454,10 @@ impl Reconciler {
             Self {
                 shared,
                 rx,
+                replacements,
                 desired,
                 supervisors: HashMap::new(),
+                replaced: HashMap::new(),
                 shutdown,
             },
             handle,
@@ -321,11 +477,17 @@ impl Reconciler {
         loop {
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
-                    Some(Command::Apply(doc, reply)) => {
-                        let _ = reply.send(self.apply(doc));
+                    Some(Command::Apply { doc, local, reply }) => {
+                        let _ = reply.send(self.apply(doc, local));
+                    }
+                    Some(Command::Ping(reply)) => {
+                        let _ = reply.send(());
                     }
                     None => break,
                 },
+                Some((arn, reply)) = self.replacements.recv() => {
+                    let _ = reply.send(self.replace(&arn));
+                }
                 _ = sweep.tick() => self.prune(),
                 _ = self.shutdown.cancelled() => break,
             }
@@ -350,7 +512,7 @@ impl Reconciler {
             .unwrap_or(DesiredStatus::Stopped)
     }
 
-    fn apply(&mut self, doc: DesiredState) -> Result<u64, ApplyError> {
+    fn apply(&mut self, mut doc: DesiredState, local: bool) -> Result<u64, ApplyError> {
         if let Some(cur) = &self.desired {
             if doc.generation < cur.generation {
                 return Err(ApplyError::Stale {
@@ -359,48 +521,60 @@ impl Reconciler {
                 });
             }
         }
+        // Tasks the device started on its own: this document takes them on, refuses them,
+        // or was written before the hub heard of them, and then they carry on.
+        let mut mentioned = Vec::new();
+        let mut refused = Vec::new();
+        if !local {
+            let pending: Vec<TaskRecord> = self
+                .shared
+                .lock()
+                .values()
+                .filter(|r| r.local)
+                .cloned()
+                .collect();
+            for r in pending {
+                let arn = r.report.task_arn.clone();
+                if doc.task(&arn).is_some() {
+                    mentioned.push(arn);
+                } else if doc.refused.contains(&arn) {
+                    refused.push(arn);
+                } else if r.report.last_status != TaskStatus::Stopped
+                    && self.desired_status(&arn) == DesiredStatus::Running
+                {
+                    doc.tasks.push(DesiredTask {
+                        task_arn: arn,
+                        task_definition: r.definition.clone(),
+                        desired_status: DesiredStatus::Running,
+                        group: r.report.group.clone(),
+                    });
+                }
+            }
+        }
         self.shared.store.set_desired(&doc)?;
         let generation = doc.generation;
         info!(generation, tasks = doc.tasks.len(), "desired state applied");
+        for arn in mentioned {
+            self.shared.update(&arn, |r| r.local = false);
+        }
+        for arn in refused {
+            info!(task = %arn, "the hub refused a task the device started on its own; stopping it");
+            self.shared.update(&arn, |r| {
+                r.local = false;
+                r.report.stopped_reason.get_or_insert_with(|| {
+                    "Task stopped: the hub did not take on this task the device started on its own"
+                        .into()
+                });
+                r.report
+                    .stop_code
+                    .get_or_insert_with(|| "UserInitiated".into());
+            });
+        }
         for t in &doc.tasks {
             if self.shared.record(&t.task_arn).is_none() {
-                let now = now_secs();
-                let report = TaskReport {
-                    task_arn: t.task_arn.clone(),
-                    task_definition_arn: t.task_definition.task_definition_arn.clone(),
-                    last_status: TaskStatus::Pending,
-                    desired_status: t.desired_status,
-                    stopped_reason: None,
-                    stop_code: None,
-                    health_status: HealthStatus::Unknown,
-                    created_at: Some(now),
-                    started_at: None,
-                    stopping_at: None,
-                    stopped_at: None,
-                    containers: t
-                        .task_definition
-                        .container_definitions
-                        .iter()
-                        .map(|c| ContainerReport {
-                            name: c.name.clone(),
-                            runtime_id: None,
-                            last_status: TaskStatus::Pending,
-                            exit_code: None,
-                            reason: None,
-                            health_status: HealthStatus::Unknown,
-                            network_bindings: Vec::new(),
-                            image: c.image.clone(),
-                        })
-                        .collect(),
-                };
-                self.shared.insert(TaskRecord {
-                    task_id: t.task_id().to_string(),
-                    definition: t.task_definition.clone(),
-                    report,
-                    restarts: BTreeMap::new(),
-                    container_started: BTreeMap::new(),
-                    cleaned: false,
-                })?;
+                let mut record = new_record(t);
+                record.local = local;
+                self.shared.insert(record)?;
             }
         }
         let old = self.desired.replace(doc);
@@ -425,6 +599,86 @@ impl Reconciler {
             }
         }
         Ok(generation)
+    }
+
+    /// Replaces the service task `arn`, which stops for good, with a new task of the same
+    /// service and definition, without waiting for the hub: committed to the desired state,
+    /// reported with `replaces`, and the old task's report says `replacedBy`. A service
+    /// whose tasks keep failing gets its replacements later and later.
+    fn replace(&mut self, arn: &str) -> Option<String> {
+        let old = self.desired.as_ref()?.task(arn)?.clone();
+        if !old.replaced_locally() {
+            return None;
+        }
+        let record = self.shared.record(arn)?;
+        let group = old.group.clone()?;
+        let now = now_secs();
+        let ran_for = record.report.started_at.map_or(0.0, |s| now - s);
+        let in_a_row = self.replaced.entry(group.clone()).or_insert((0, 0.0));
+        if ran_for >= REPLACEMENT_RESET.as_secs_f64() {
+            in_a_row.0 = 0;
+        }
+        let delay = replacement_delay(in_a_row.0);
+        *in_a_row = (in_a_row.0 + 1, now);
+        let prefix = arn.rsplit_once('/').map_or("", |(p, _)| p);
+        let new_arn = if prefix.is_empty() {
+            format!("{:032x}", rand::random::<u128>())
+        } else {
+            format!("{prefix}/{:032x}", rand::random::<u128>())
+        };
+        let task = DesiredTask {
+            task_arn: new_arn.clone(),
+            task_definition: old.task_definition.clone(),
+            desired_status: DesiredStatus::Running,
+            group: Some(group.clone()),
+        };
+        let mut doc = self.desired.clone()?;
+        for t in &mut doc.tasks {
+            if t.task_arn == arn {
+                t.desired_status = DesiredStatus::Stopped;
+            }
+        }
+        doc.tasks.push(task.clone());
+        let mut new = new_record(&task);
+        new.local = true;
+        new.report.replaces = Some(arn.to_string());
+        new.start_after = (!delay.is_zero()).then_some(now + delay.as_secs_f64());
+        // The record first: a desired task without one would never start.
+        if let Err(e) = self.shared.insert(new) {
+            warn!(task = %arn, "cannot replace the task: {e}");
+            return None;
+        }
+        if let Err(e) = self.shared.store.set_desired(&doc) {
+            warn!(task = %arn, "cannot replace the task: {e}");
+            let _ = self.shared.store.remove_task(&new_arn);
+            self.shared.lock().remove(&new_arn);
+            return None;
+        }
+        self.desired = Some(doc);
+        self.shared.update(arn, |r| {
+            r.report.replaced_by = Some(new_arn.clone());
+            r.report.desired_status = DesiredStatus::Stopped;
+        });
+        let when = if delay.is_zero() {
+            String::new()
+        } else {
+            format!(
+                ", starting in {}s as the service's tasks keep failing",
+                delay.as_secs()
+            )
+        };
+        info!(task = %arn, replacement = %new_arn, "{group}: replacing a task that stopped for good{when}");
+        self.shared.event(
+            EventKind::TaskReplaced,
+            arn,
+            None,
+            format!(
+                "{group}: replaced on the device by task {}{when}",
+                skerry_proto::desired::task_id_of(&new_arn)
+            ),
+        );
+        self.supervise(&new_arn, DesiredStatus::Running);
+        Some(new_arn)
     }
 
     fn supervise(&mut self, arn: &str, status: DesiredStatus) {
@@ -514,5 +768,17 @@ impl Reconciler {
             self.shared.lock().remove(&r.report.task_arn);
             let _ = std::fs::remove_dir_all(self.shared.cfg.logs_dir().join(&r.task_id));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replacements_back_off_from_the_second_on() {
+        let secs: Vec<u64> = (0..8).map(|n| replacement_delay(n).as_secs()).collect();
+        assert_eq!(secs, [0, 10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(replacement_delay(u32::MAX), REPLACEMENT_BACKOFF_MAX);
     }
 }

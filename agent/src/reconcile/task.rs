@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use skerry_proto::desired::DesiredStatus;
+use skerry_proto::link::EventKind;
 use skerry_proto::status::{HealthStatus, NetworkBinding, TaskStatus};
 use skerry_proto::taskdef::{
     ContainerDefinition, DependencyCondition, NetworkMode as EcsNetworkMode, TaskDefinition,
@@ -134,6 +135,12 @@ impl Supervisor {
         match outcome {
             Outcome::Shutdown => {}
             Outcome::Stop { reason, code } => {
+                // A service's task is replaced before it is stopped, so that the hub hears
+                // of the replacement no later than of the stop.
+                if code == STOP_ESSENTIAL_EXITED && *self.desired.borrow() == DesiredStatus::Running
+                {
+                    self.shared.replace(&self.arn).await;
+                }
                 self.stop_all(&reason, code).await;
                 self.cleanup().await;
             }
@@ -142,6 +149,9 @@ impl Supervisor {
 
     async fn run_task(&mut self) -> Outcome {
         info!(task = %self.arn, "task pending");
+        if let Some(o) = self.hold().await {
+            return o;
+        }
         self.update(|r| {
             if r.report.last_status != TaskStatus::Running {
                 r.report.last_status = TaskStatus::Pending;
@@ -181,6 +191,35 @@ impl Supervisor {
             token.cancel();
         }
         result
+    }
+
+    /// Waits out the record's `start_after`, unless the task is stopped or the agent stops
+    /// first.
+    async fn hold(&mut self) -> Option<Outcome> {
+        let at = self.shared.record(&self.arn)?.start_after?;
+        let wait = at - now_secs();
+        if !wait.is_finite() || wait <= 0.0 {
+            return None;
+        }
+        let until = tokio::time::sleep(Duration::from_secs_f64(wait));
+        tokio::pin!(until);
+        loop {
+            tokio::select! {
+                _ = &mut until => return None,
+                changed = self.desired.changed() => {
+                    if changed.is_err() && self.shutdown.is_cancelled() {
+                        return Some(Outcome::Shutdown);
+                    }
+                    if changed.is_err() || *self.desired.borrow() == DesiredStatus::Stopped {
+                        return Some(Outcome::Stop {
+                            reason: "Task stopped: its desired status is STOPPED".into(),
+                            code: STOP_USER,
+                        });
+                    }
+                }
+                _ = self.shutdown.cancelled() => return Some(Outcome::Shutdown),
+            }
+        }
     }
 
     async fn pull(&self) -> Result<HashMap<String, crate::image::ImageInfo>, Outcome> {
@@ -666,6 +705,15 @@ impl Supervisor {
         match policy::restart(policy.as_ref(), code, ran_for, consecutive) {
             Restart::After(delay) => {
                 info!(task = %self.arn, container = %name, exit_code = code, "container exited; restarting in {delay:?}");
+                self.shared.event(
+                    EventKind::ContainerRestarted,
+                    &self.arn,
+                    Some(name),
+                    format!(
+                        "exited with code {code}; restarted by its restart policy in {:.1}s",
+                        delay.as_secs_f64()
+                    ),
+                );
                 run.consecutive.insert(name.to_string(), consecutive + 1);
                 run.restart_due
                     .insert(name.to_string(), Instant::now() + delay);
@@ -673,6 +721,12 @@ impl Supervisor {
             }
             Restart::No(why) => {
                 info!(task = %self.arn, container = %name, exit_code = code, "container exited; not restarted: {why}");
+                self.shared.event(
+                    EventKind::ContainerExited,
+                    &self.arn,
+                    Some(name),
+                    format!("exited with code {code}; not restarted: {why}"),
+                );
                 if c.is_essential() {
                     Some(Outcome::Stop {
                         reason: format!(
@@ -693,6 +747,16 @@ impl Supervisor {
         v.unhealthy = status == HealthStatus::Unhealthy;
         info!(task = %self.arn, container = %name, health = ?status, "health changed");
         self.set_container(name, |r| r.health_status = status);
+        let status = serde_json::to_value(status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        self.shared.event(
+            EventKind::HealthChanged,
+            &self.arn,
+            Some(name),
+            format!("health is now {status}"),
+        );
     }
 
     fn refresh_task_status(&self, run: &Running) {

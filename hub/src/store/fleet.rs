@@ -30,6 +30,17 @@ pub struct DocumentRow {
     pub family: String,
     pub revision: i64,
     pub body: String,
+    pub group: String,
+}
+
+/// What an instance's desired-state document is made of.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocumentParts {
+    pub generation: i64,
+    pub tasks: Vec<DocumentRow>,
+    /// Tasks the device started on its own whose definition the hub lacks, wanted STOPPED
+    /// and not yet reported so.
+    pub refused: Vec<String>,
 }
 
 /// An instance's capacity and what its tasks hold of it.
@@ -184,10 +195,7 @@ impl Store {
     /// The instance's generation and the rows of its desired-state document, read in one
     /// snapshot; `None` for no such instance.
     #[allow(clippy::type_complexity)]
-    pub fn document_rows(
-        &self,
-        instance_id: &str,
-    ) -> Result<Option<(i64, Vec<DocumentRow>)>, StoreError> {
+    pub fn document_rows(&self, instance_id: &str) -> Result<Option<DocumentParts>, StoreError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let Some(generation) = tx
@@ -198,7 +206,7 @@ impl Store {
             return Ok(None);
         };
         let mut stmt = tx.prepare_cached(
-            "SELECT t.arn, t.desired_status, d.family, d.revision, d.body
+            "SELECT t.arn, t.desired_status, d.family, d.revision, d.body, t.grp
              FROM tasks t JOIN task_definitions d ON d.family = t.family AND d.revision = t.revision
              WHERE t.instance_id = ?1
                AND (t.desired_status = 'RUNNING' OR t.last_status <> 'STOPPED')
@@ -216,10 +224,24 @@ impl Store {
                 family: r.get(2)?,
                 revision: r.get(3)?,
                 body: r.get(4)?,
+                group: r.get(5)?,
             })
         })?;
-        let rows = rows.collect::<Result<_, _>>()?;
-        Ok(Some((generation, rows)))
+        let tasks = rows.collect::<Result<_, _>>()?;
+        let refused = tx
+            .prepare_cached(
+                "SELECT arn FROM tasks
+                 WHERE instance_id = ?1 AND family IS NULL
+                   AND desired_status = 'STOPPED' AND last_status <> 'STOPPED'
+                 ORDER BY seq",
+            )?
+            .query_map(params![instance_id], |r| r.get::<_, String>(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(Some(DocumentParts {
+            generation,
+            tasks,
+            refused,
+        }))
     }
 
     /// The instance's latest host metrics (JSON) and their device time.
