@@ -32,20 +32,8 @@ pub fn load(path: &Path) -> Result<Option<DesiredState>, BootstrapError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(BootstrapError::Read(path.into(), e)),
     };
-    let invalid = |m: String| BootstrapError::Invalid(path.into(), m);
-    let doc = DesiredState::parse(&text).map_err(|e| invalid(e.to_string()))?;
-    if doc.generation != 0 {
-        return Err(invalid(format!(
-            "generation: is {}, must be 0 so that the hub's first document (generation 1 or \
-             later) takes over",
-            doc.generation
-        )));
-    }
-    if !doc.refused.is_empty() {
-        return Err(invalid(
-            "refused: only the hub refuses tasks; leave it out".into(),
-        ));
-    }
+    let doc = DesiredState::parse_bootstrap(&text)
+        .map_err(|e| BootstrapError::Invalid(path.into(), e.to_string()))?;
     Ok(Some(doc))
 }
 

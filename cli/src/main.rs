@@ -121,6 +121,16 @@ enum ImageCmd {
         #[arg(required = true)]
         archives: Vec<PathBuf>,
     },
+    /// Put a bootstrap document on a card image's boot partition as
+    /// skerry/bootstrap.json: the desired state (generation 0) the device runs from its
+    /// first boot, before it reaches the hub, from images put there with `preload`.
+    Bootstrap {
+        /// The card image (sdcard.img).
+        image: PathBuf,
+        /// A desired-state document (JSON) with generation 0.
+        #[arg(long)]
+        file: PathBuf,
+    },
     /// Build a board's card image offline from Debian bookworm's arm64 packages
     /// (runs scripts/image-build from the source tree).
     Build {
@@ -177,7 +187,7 @@ fn main() -> ExitCode {
 }
 
 fn image(cmd: ImageCmd) -> anyhow::Result<()> {
-    use skerry_image::{build, preload, provision};
+    use skerry_image::{bootstrap, build, preload, provision};
     match cmd {
         ImageCmd::Provision { image, file } => {
             provision::provision(&image, &file)?;
@@ -186,6 +196,15 @@ fn image(cmd: ImageCmd) -> anyhow::Result<()> {
                 image.display(),
                 file.display(),
                 provision::CARD_PATH
+            );
+        }
+        ImageCmd::Bootstrap { image, file } => {
+            let tasks = bootstrap::bootstrap(&image, &file)?;
+            println!(
+                "{}: wrote {} ({tasks} tasks) to the boot partition as {}",
+                image.display(),
+                file.display(),
+                bootstrap::CARD_PATH
             );
         }
         ImageCmd::Preload { image, archives } => {

@@ -14,6 +14,7 @@
 //! `initramfs/init` is the init of the initramfs `scripts/image-build` makes for
 //! Debian's kernel.
 
+pub mod bootstrap;
 pub mod build;
 pub mod card;
 pub mod mbr;

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use skerry_image::{preload, provision};
+use skerry_image::{bootstrap, preload, provision};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -171,6 +171,49 @@ fn provision_writes_the_file_and_refuses_bad_ones() {
         .expect_err("xz")
         .to_string();
     assert!(err.contains("xz -dk"), "{err}");
+}
+
+#[test]
+fn bootstrap_writes_a_valid_document_and_refuses_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = card(dir.path());
+    let file = dir.path().join("bootstrap.json");
+    let good = r#"{"generation": 0, "tasks": [{
+        "taskArn": "arn:aws:ecs:eu-west-1:123456789012:task/edge/boot",
+        "desiredStatus": "RUNNING",
+        "taskDefinition": {"family": "boot", "containerDefinitions": [
+            {"name": "main", "image": "busybox:latest", "memory": 32, "essential": true}]}}]}"#;
+    for (text, want) in [
+        (
+            good.replace("\"generation\": 0", "\"generation\": 4"),
+            "must be 0",
+        ),
+        (
+            good.replace("\"memory\": 32,", "\"memory\": 32, \"secrets\": [{\"name\": \"k\", \"valueFrom\": \"arn:aws:ssm:::parameter/k\"}],"),
+            "secrets",
+        ),
+        ("{".to_string(), "bootstrap.json"),
+    ] {
+        std::fs::write(&file, &text).expect("write");
+        let err = bootstrap::bootstrap(&img, &file)
+            .expect_err(want)
+            .to_string();
+        assert!(
+            err.contains(want) && err.contains("bootstrap.json"),
+            "{want}: {err}"
+        );
+        assert_eq!(
+            mtype(&img, bootstrap::CARD_PATH),
+            None,
+            "{want}: written anyway"
+        );
+    }
+    std::fs::write(&file, good).expect("write");
+    assert_eq!(bootstrap::bootstrap(&img, &file).expect("bootstrap"), 1);
+    assert_eq!(
+        mtype(&img, bootstrap::CARD_PATH).as_deref(),
+        Some(good.as_bytes())
+    );
 }
 
 /// An OCI image-layout tar with one blob of `blob_len` bytes; sparse, so a big one

@@ -121,6 +121,29 @@ impl DesiredState {
         Ok(state)
     }
 
+    /// Parses a bootstrap document: the desired state a device runs from its first boot,
+    /// before it has heard from the hub. Its generation is 0, so that the hub's first
+    /// document takes over, and only the hub refuses tasks.
+    pub fn parse_bootstrap(json: &str) -> Result<DesiredState, DesiredError> {
+        let state = Self::parse(json)?;
+        if state.generation != 0 {
+            return Err(DesiredError {
+                path: "generation".into(),
+                message: format!(
+                    "is {}, must be 0 so that the hub's first document takes over",
+                    state.generation
+                ),
+            });
+        }
+        if !state.refused.is_empty() {
+            return Err(DesiredError {
+                path: "refused".into(),
+                message: "only the hub refuses tasks; leave it out".into(),
+            });
+        }
+        Ok(state)
+    }
+
     pub fn validate(&self) -> Result<(), DesiredError> {
         // Host ports are a device-wide resource: two running tasks cannot both hold one.
         let mut host_ports: HashMap<(u16, Protocol), String> = HashMap::new();

@@ -502,6 +502,104 @@ fn two_agents_register_run_tasks_and_a_service_and_survive_restarts() {
     );
     assert_eq!(stack.tasks(&[]).len(), 5);
 
+    // A service's task whose essential container exits for good is replaced by its device
+    // without waiting for the hub, and the hub takes the replacement as the service's task
+    // in the old one's place: no task of its own, the old one's reason kept.
+    let marker = tmp.path().join("flaky");
+    std::fs::create_dir_all(&marker).expect("marker dir");
+    let flaky = json!({
+        "family": "fleet-flaky",
+        "requiresCompatibilities": ["EXTERNAL"],
+        "networkMode": "none",
+        "memory": "64",
+        "cpu": "128",
+        "volumes": [{"name": "d", "host": {"sourcePath": marker}}],
+        "containerDefinitions": [{
+            "name": "main", "image": format!("{registry}/busybox:latest"),
+            "essential": true, "stopTimeout": 2,
+            "mountPoints": [{"sourceVolume": "d", "containerPath": "/d"}],
+            "command": ["sh", "-c", "if [ -e /d/once ]; then trap 'exit 0' TERM; \
+                while true; do sleep 1; done; fi; touch /d/once; exit 3"]
+        }]
+    });
+    stack.aws(&[
+        "ecs",
+        "register-task-definition",
+        "--cli-input-json",
+        &flaky.to_string(),
+    ]);
+    stack.aws(&[
+        "ecs",
+        "create-service",
+        "--cluster",
+        "default",
+        "--service-name",
+        "flaky",
+        "--task-definition",
+        "fleet-flaky",
+        "--desired-count",
+        "1",
+        "--launch-type",
+        "EXTERNAL",
+    ]);
+    let flaky_tasks = || {
+        let mut t = stack.tasks(&["--service-name", "flaky"]);
+        t.extend(stack.tasks(&["--service-name", "flaky", "--desired-status", "STOPPED"]));
+        t
+    };
+    let (old, new) = stack.wait(
+        "the flaky service's task replaced on its device",
+        Duration::from_secs(120),
+        || {
+            let t = flaky_tasks();
+            let stopped: Vec<&Value> = t.iter().filter(|t| t["lastStatus"] == "STOPPED").collect();
+            let running: Vec<&Value> = t.iter().filter(|t| t["lastStatus"] == "RUNNING").collect();
+            match (stopped.as_slice(), running.as_slice()) {
+                ([old], [new]) => Ok(((*old).clone(), (*new).clone())),
+                _ => Err(format!("{t:#?}")),
+            }
+        },
+    );
+    assert_eq!(old["stopCode"], "EssentialContainerExited", "{old:#}");
+    assert_eq!(
+        old["containerInstanceArn"], new["containerInstanceArn"],
+        "replaced on the same device"
+    );
+    assert_eq!(new["group"], "service:flaky", "{new:#}");
+    let new_arn = new["taskArn"].as_str().expect("taskArn");
+    let device = [&a, &b]
+        .into_iter()
+        .find(|d| d.task(new_arn).is_some())
+        .expect("a device runs the replacement");
+    assert_eq!(
+        device.task(new_arn).expect("task")["replaces"],
+        old["taskArn"],
+        "the device made it"
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        flaky_tasks().len(),
+        2,
+        "the hub started no task of its own: {:#?}",
+        flaky_tasks()
+    );
+    let out = stack.skerry(&["events", "--json"]);
+    let events: Vec<Value> = serde_json::from_slice(&out.stdout).expect("events JSON");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "taskReplaced" && e["taskArn"] == old["taskArn"]),
+        "no taskReplaced event for {}",
+        old["taskArn"]
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "containerExited" && e["taskArn"] == old["taskArn"]),
+        "no containerExited event for {}",
+        old["taskArn"]
+    );
+
     // Stop everything through the API; the devices stop the containers.
     for arn in &task_arns {
         stack.aws(&[
@@ -515,24 +613,26 @@ fn two_agents_register_run_tasks_and_a_service_and_survive_restarts() {
             "test done",
         ]);
     }
-    stack.aws(&[
-        "ecs",
-        "update-service",
-        "--cluster",
-        "default",
-        "--service",
-        "web",
-        "--desired-count",
-        "0",
-    ]);
-    stack.aws(&[
-        "ecs",
-        "delete-service",
-        "--cluster",
-        "default",
-        "--service",
-        "web",
-    ]);
+    for service in ["web", "flaky"] {
+        stack.aws(&[
+            "ecs",
+            "update-service",
+            "--cluster",
+            "default",
+            "--service",
+            service,
+            "--desired-count",
+            "0",
+        ]);
+        stack.aws(&[
+            "ecs",
+            "delete-service",
+            "--cluster",
+            "default",
+            "--service",
+            service,
+        ]);
+    }
     stack.wait(
         "every task STOPPED on the hub and the devices",
         Duration::from_secs(120),
@@ -540,7 +640,7 @@ fn two_agents_register_run_tasks_and_a_service_and_survive_restarts() {
             let t = stack.tasks(&["--desired-status", "STOPPED"]);
             let stopped = t.iter().filter(|t| t["lastStatus"] == "STOPPED").count();
             let left = a.containers().len() + b.containers().len();
-            if stopped == 5 && left == 0 {
+            if stopped == 7 && left == 0 {
                 Ok(())
             } else {
                 Err(format!("{stopped} stopped, {left} containers"))
