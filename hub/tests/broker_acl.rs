@@ -14,7 +14,9 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::time::{Duration, Instant};
 
 use common::{free_port, run_bounded};
-use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
+use rcgen::{
+    CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, PKCS_ECDSA_P256_SHA256,
+};
 use skerry_hub::ca::{Ca, HUB_IDENTITY};
 
 const DEVICE_A: &str = "mi-0000000000000000a";
@@ -51,6 +53,26 @@ fn device(ca: &Ca, dir: &Path, instance_id: &str) -> Identity {
         .expect("pem");
     let (cert, _) = ca.sign_device_csr(&csr, instance_id).expect("sign");
     save(dir, instance_id, &cert, &key.serialize_pem())
+}
+
+/// A device's name signed by the hub's own CA, valid from `from` days to `to` days from now.
+fn signed(ca_dir: &Path, dir: &Path, instance_id: &str, from: i64, to: i64) -> Identity {
+    let ca_key = KeyPair::from_pem(&fs::read_to_string(ca_dir.join("ca.key")).expect("CA key"))
+        .expect("CA key PEM");
+    let ca_pem = fs::read_to_string(ca_dir.join("ca.crt")).expect("CA certificate");
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).expect("issuer");
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, instance_id);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now + time::Duration::days(from);
+    params.not_after = now + time::Duration::days(to);
+    let cert = params.signed_by(&key, &issuer).expect("sign");
+    let name = format!("{instance_id}-{from}-{to}");
+    save(dir, &name, &cert.pem(), &key.serialize_pem())
 }
 
 struct Broker {
@@ -244,6 +266,8 @@ fn devices_reach_only_their_own_topics_and_strangers_none() {
     let elsewhere = Ca::load_or_create(&dir.join("other-ca")).expect("another CA");
     let (cert, key) = elsewhere.issue_client_cert(DEVICE_A).expect("impostor");
     let impostor = save(&ids, "impostor", &cert, &key);
+    let stale = signed(&dir.join("state/ca"), &ids, DEVICE_A, -30, -1);
+    let fresh = signed(&dir.join("state/ca"), &ids, DEVICE_A, -1, 30);
 
     let mut broker = Broker::start(
         &conf,
@@ -317,11 +341,19 @@ fn devices_reach_only_their_own_topics_and_strangers_none() {
     let _ = listener.kill();
     let _ = listener.wait();
 
-    // Strangers: a certificate from another CA (even with a device's name) and none at all.
+    // Strangers: a certificate from another CA (even with a device's name), none at all, and
+    // the device's own name from the hub's CA but expired.
     let (ok, err) = broker.publish(Some(&impostor), &up(DEVICE_A), "x", false);
     assert!(!ok, "a certificate from another CA was let in: {err}");
     let (ok, err) = broker.publish(None, &up(DEVICE_A), "x", false);
     assert!(!ok, "a client without a certificate was let in: {err}");
+    let (ok, err) = broker.publish(Some(&stale), &up(DEVICE_A), "x", false);
+    assert!(
+        !ok,
+        "an expired certificate from the hub's CA was let in: {err}"
+    );
+    let (ok, err) = broker.publish(Some(&fresh), &up(DEVICE_A), "x", false);
+    assert!(ok, "the same certificate in its validity is let in: {err}");
     // The same command with A's own certificate works: the refusals were about identity.
     let (ok, err) = broker.publish(Some(&a), &up(DEVICE_A), "x", false);
     assert!(ok, "{err}");
