@@ -345,6 +345,9 @@ fn which(name: &str) -> Result<PathBuf, ()> {
         .ok_or(())
 }
 
+/// Arguments, environment, and what the refusal must say.
+type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, Vec<&'a str>);
+
 #[test]
 fn bad_input_is_refused_by_name_before_anything_is_written() {
     let s = Scratch::new();
@@ -370,7 +373,7 @@ fn bad_input_is_refused_by_name_before_anything_is_written() {
     // Executable, but no ELF file.
     let not_elf = s.dir.path().join("fake-bin/apt-get");
     let not_elf = not_elf.to_str().expect("utf-8 path");
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, Vec<&str>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             vec![
                 "--provision",
