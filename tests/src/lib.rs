@@ -5,3 +5,5 @@
 //! # Layout
 //! - `tests/fleet.rs`: registration, RunTask and services across two agents, restarts.
 //! - `tests/image.rs`: the qemu-aarch64-virt card built offline, provisioned and booted in QEMU.
+//! - `tests/install.rs`: `scripts/install-agent` into a scratch root and out again, without
+//!   systemd; bad input refused before anything is written.

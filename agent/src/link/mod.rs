@@ -24,6 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use skerry_proto::desired::DesiredState;
 use skerry_proto::link::{Entry, EventKind, Message};
+use skerry_proto::status::TaskReport;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -187,7 +188,7 @@ impl Link {
                     warn!("cannot record the registration event: {e}");
                 }
             }
-            mqtt::run(id, outbound.clone(), handle, desired_tx, stop.clone()).await;
+            mqtt::run(id, outbound.clone(), &handle, desired_tx, stop.clone()).await;
         }
         stop.cancelled().await;
         let _ = tokio::join!(reporter, metrics, applier);
@@ -282,10 +283,31 @@ async fn apply_desired(
     }
 }
 
+/// What the broker connection reports after draining a backlog: the reconciler's
+/// [`Handle`] on a device, a stand-in in the outbox benchmark (which needs no containerd).
+pub trait DeviceState: Send + Sync {
+    /// The generation of the desired-state document applied last, if any.
+    fn generation(&self) -> Result<Option<u64>, String>;
+    /// Every task the device knows.
+    fn tasks(&self) -> Vec<TaskReport>;
+}
+
+impl DeviceState for Handle {
+    fn generation(&self) -> Result<Option<u64>, String> {
+        Handle::generation(self).map_err(|e| e.to_string())
+    }
+    fn tasks(&self) -> Vec<TaskReport> {
+        Handle::tasks(self)
+    }
+}
+
 /// The FullState message: every task the device knows and the applied generation.
-pub(crate) async fn append_full_state(handle: &Handle, out: &Outbound) -> Result<u64, String> {
-    let generation = handle.generation().map_err(|e| e.to_string())?.unwrap_or(0);
-    let tasks = handle.tasks();
+pub(crate) async fn append_full_state(
+    state: &dyn DeviceState,
+    out: &Outbound,
+) -> Result<u64, String> {
+    let generation = state.generation()?.unwrap_or(0);
+    let tasks = state.tasks();
     out.append(
         Class::State {
             key: KEY_FULL_STATE.into(),

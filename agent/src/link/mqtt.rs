@@ -27,16 +27,17 @@ use tracing::{debug, info, warn};
 
 use super::backoff::Backoff;
 use super::window::Window;
-use super::Outbound;
+use super::{DeviceState, Outbound};
 use crate::identity::{self, Identity};
 use crate::outbox::{Class, Record};
-use crate::reconcile::Handle;
 
 pub const KEEP_ALIVE: Duration = Duration::from_secs(30);
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
 const BACKOFF_CAP: Duration = Duration::from_secs(60);
 /// Outbox records published and not yet acknowledged by the broker.
 pub const WINDOW: usize = 32;
+/// Free room in the window that makes the sender read the outbox again.
+const REFILL: usize = WINDOW / 4;
 /// rumqttc's request queue: the window, presence and the subscription fit with room.
 const REQUESTS: usize = WINDOW * 2 + 8;
 /// Desired-state documents and outbox records can be large (a FullState of many tasks).
@@ -50,13 +51,13 @@ const EVENTS: usize = 64;
 pub async fn run(
     id: Identity,
     out: Outbound,
-    handle: Handle,
+    state: &dyn DeviceState,
     desired: watch::Sender<Option<Bytes>>,
     stop: CancellationToken,
 ) {
     let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
     loop {
-        let mut session = match Session::new(&id, &out, &handle, &desired) {
+        let mut session = match Session::new(&id, &out, state, &desired) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(instance = %id.meta.instance_id, "cannot set up the broker connection: {e}");
@@ -152,7 +153,7 @@ pub fn envelope(rec: &Record) -> Envelope {
 struct Session<'a> {
     id: &'a Identity,
     out: &'a Outbound,
-    handle: &'a Handle,
+    state: &'a dyn DeviceState,
     desired: &'a watch::Sender<Option<Bytes>>,
     client: AsyncClient,
     /// rumqttc's event loop runs in a task of its own and is never cancelled mid-poll (its
@@ -172,6 +173,8 @@ struct Session<'a> {
     pkids: HashMap<u16, Option<u64>>,
     /// The outbox's last seq when the connection came up; FullState goes once it is acked.
     backlog_until: Option<u64>,
+    /// Acknowledged by the broker, not yet acked in the outbox.
+    ack_due: Option<u64>,
 }
 
 impl Drop for Session<'_> {
@@ -184,7 +187,7 @@ impl<'a> Session<'a> {
     fn new(
         id: &'a Identity,
         out: &'a Outbound,
-        handle: &'a Handle,
+        state: &'a dyn DeviceState,
         desired: &'a watch::Sender<Option<Bytes>>,
     ) -> Result<Self, String> {
         let (host, port) = id.broker_addr()?;
@@ -218,7 +221,7 @@ impl<'a> Session<'a> {
         Ok(Self {
             id,
             out,
-            handle,
+            state,
             desired,
             client,
             events,
@@ -232,6 +235,7 @@ impl<'a> Session<'a> {
             issued: VecDeque::new(),
             pkids: HashMap::new(),
             backlog_until: None,
+            ack_due: None,
         })
     }
 
@@ -239,21 +243,39 @@ impl<'a> Session<'a> {
     async fn run(&mut self, stop: &CancellationToken, backoff: &mut Backoff) -> bool {
         loop {
             tokio::select! {
-                ev = self.events.recv() => match ev {
-                    Some(Ok(ev)) => {
-                        if let Err(e) = self.on_event(ev, backoff).await {
-                            warn!(broker = %self.id.meta.broker_url, "dropping the broker connection: {e}");
-                            return self.connected;
+                ev = self.events.recv() => {
+                    // Whatever else is ready goes with it: one outbox ack and one refill per
+                    // burst of PubAcks, not per message.
+                    let mut next = ev;
+                    loop {
+                        match next {
+                            Some(Ok(ev)) => {
+                                if let Err(e) = self.on_event(ev, backoff).await {
+                                    warn!(broker = %self.id.meta.broker_url, "dropping the broker connection: {e}");
+                                    return self.connected;
+                                }
+                            }
+                            Some(Err(e)) => {
+                                warn!(broker = %self.id.meta.broker_url, "broker connection: {e}");
+                                // What the broker acknowledged is not sent again.
+                                let _ = self.ack_outbox().await;
+                                return self.connected;
+                            }
+                            None => return self.connected,
+                        }
+                        match self.events.try_recv() {
+                            Ok(ev) => next = Some(ev),
+                            Err(_) => break,
                         }
                     }
-                    Some(Err(e)) => {
-                        warn!(broker = %self.id.meta.broker_url, "broker connection: {e}");
+                    if let Err(e) = self.ack_outbox().await {
+                        warn!("dropping the broker connection: {e}");
                         return self.connected;
                     }
-                    None => return self.connected,
-                },
+                }
                 _ = self.out.appended(), if self.connected => {}
                 _ = stop.cancelled() => {
+                    let _ = self.ack_outbox().await;
                     self.goodbye().await;
                     return self.connected;
                 }
@@ -310,17 +332,26 @@ impl<'a> Session<'a> {
             Event::Incoming(Packet::PubAck(ack)) => {
                 if let Some(Some(seq)) = self.pkids.remove(&ack.pkid) {
                     if let Some(upto) = self.window.acked(seq) {
-                        self.out
-                            .outbox()
-                            .ack(upto)
-                            .await
-                            .map_err(|e| format!("cannot ack the outbox up to {upto}: {e}"))?;
-                        self.full_state_if_due().await;
+                        self.ack_due = Some(upto);
                     }
                 }
             }
             _ => {}
         }
+        Ok(())
+    }
+
+    /// Acks the outbox up to what the broker has acknowledged since the last call.
+    async fn ack_outbox(&mut self) -> Result<(), String> {
+        let Some(upto) = self.ack_due.take() else {
+            return Ok(());
+        };
+        self.out
+            .outbox()
+            .ack(upto)
+            .await
+            .map_err(|e| format!("cannot ack the outbox up to {upto}: {e}"))?;
+        self.full_state_if_due().await;
         Ok(())
     }
 
@@ -339,8 +370,13 @@ impl<'a> Session<'a> {
     }
 
     /// Publishes outbox records beyond the last published, in order, while the window has
-    /// room.
+    /// room. Waits for a quarter of the window to be free (acks are on their way for the
+    /// rest), so that a peek, which reads from the oldest unacked record, is not paid per
+    /// message.
     async fn fill(&mut self) -> Result<(), String> {
+        if WINDOW - self.window.len() < REFILL {
+            return Ok(());
+        }
         while self.window.len() < WINDOW && self.out.outbox().stats().last_seq > self.last_published
         {
             let recs = self
@@ -384,7 +420,7 @@ impl<'a> Session<'a> {
             return;
         }
         self.backlog_until = None;
-        match super::append_full_state(self.handle, self.out).await {
+        match super::append_full_state(self.state, self.out).await {
             Ok(seq) => debug!(seq, "full state recorded for the hub"),
             Err(e) => warn!("cannot record the full state: {e}"),
         }
