@@ -5,7 +5,8 @@
 //! reconciler acts on it.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
@@ -28,12 +29,33 @@ pub enum StoreError {
 
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
-    path: PathBuf,
+    inner: Arc<Inner>,
 }
+
+struct Inner {
+    /// None only while it is being reopened.
+    db: RwLock<Option<Database>>,
+    path: PathBuf,
+    /// redb refuses every transaction after one failed write ("previous I/O error", e.g. a
+    /// full disk) until the database is opened again; the next operation does that.
+    poisoned: AtomicBool,
+}
+
+type Db<'a> = RwLockReadGuard<'a, Option<Database>>;
 
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Self::open_db(path)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db: RwLock::new(Some(db)),
+                path: path.into(),
+                poisoned: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    fn open_db(path: &Path) -> Result<Database, StoreError> {
         let err = |e: &dyn std::fmt::Display| StoreError::Db {
             path: path.into(),
             message: e.to_string(),
@@ -44,15 +66,36 @@ impl Store {
         tx.open_table(META).map_err(|e| err(&e))?;
         tx.open_table(TASKS).map_err(|e| err(&e))?;
         tx.commit().map_err(|e| err(&e))?;
-        Ok(Self {
-            db: Arc::new(db),
-            path: path.into(),
-        })
+        Ok(db)
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> StoreError {
+    /// The database, opened again first if an I/O error poisoned it. The guard keeps a
+    /// reopen from closing it under a transaction.
+    fn db(&self) -> Result<Db<'_>, StoreError> {
+        if self.inner.poisoned.load(Ordering::Acquire) {
+            let mut w = self.inner.db.write().unwrap_or_else(|p| p.into_inner());
+            if self.inner.poisoned.load(Ordering::Acquire) {
+                // redb allows one open handle per file: the old one goes first.
+                drop(w.take());
+                *w = Some(Self::open_db(&self.inner.path)?);
+                self.inner.poisoned.store(false, Ordering::Release);
+                tracing::info!(path = %self.inner.path.display(), "state store reopened after an I/O error");
+            }
+        }
+        let r = self.inner.db.read().unwrap_or_else(|p| p.into_inner());
+        if r.is_none() {
+            return Err(self.err(redb::Error::PreviousIo));
+        }
+        Ok(r)
+    }
+
+    fn err(&self, e: impl Into<redb::Error>) -> StoreError {
+        let e: redb::Error = e.into();
+        if matches!(e, redb::Error::PreviousIo) {
+            self.inner.poisoned.store(true, Ordering::Release);
+        }
         StoreError::Db {
-            path: self.path.clone(),
+            path: self.inner.path.clone(),
             message: e.to_string(),
         }
     }
@@ -66,7 +109,9 @@ impl Store {
     }
 
     pub fn tasks<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let db = self.db()?;
+        let db = db.as_ref().expect("db() checked it is open");
+        let tx = db.begin_read().map_err(|e| self.err(e))?;
         let table = tx.open_table(TASKS).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for row in table.iter().map_err(|e| self.err(e))? {
@@ -93,7 +138,9 @@ impl Store {
     }
 
     pub fn remove_task(&self, task_arn: &str) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let db = self.db()?;
+        let db = db.as_ref().expect("db() checked it is open");
+        let tx = db.begin_write().map_err(|e| self.err(e))?;
         tx.open_table(TASKS)
             .map_err(|e| self.err(e))?
             .remove(task_arn)
@@ -106,7 +153,9 @@ impl Store {
         table: TableDefinition<&str, &[u8]>,
         key: &str,
     ) -> Result<Option<T>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let db = self.db()?;
+        let db = db.as_ref().expect("db() checked it is open");
+        let tx = db.begin_read().map_err(|e| self.err(e))?;
         let t = tx.open_table(table).map_err(|e| self.err(e))?;
         match t.get(key).map_err(|e| self.err(e))? {
             Some(v) => Ok(Some(self.decode(key, v.value())?)),
@@ -122,11 +171,13 @@ impl Store {
         durability: Durability,
     ) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(value).map_err(|source| StoreError::Decode {
-            path: self.path.clone(),
+            path: self.inner.path.clone(),
             key: key.into(),
             source,
         })?;
-        let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let db = self.db()?;
+        let db = db.as_ref().expect("db() checked it is open");
+        let mut tx = db.begin_write().map_err(|e| self.err(e))?;
         tx.set_durability(durability);
         tx.open_table(table)
             .map_err(|e| self.err(e))?
@@ -137,7 +188,7 @@ impl Store {
 
     fn decode<T: DeserializeOwned>(&self, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
         serde_json::from_slice(bytes).map_err(|source| StoreError::Decode {
-            path: self.path.clone(),
+            path: self.inner.path.clone(),
             key: key.into(),
             source,
         })
