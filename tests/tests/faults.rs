@@ -247,7 +247,7 @@ impl Stack {
         out
     }
 
-    fn register(&self, family: &str, script: &str) {
+    fn register(&self, family: &str, registry: &str, script: &str) {
         let def = json!({
             "family": family,
             "requiresCompatibilities": ["EXTERNAL"],
@@ -255,7 +255,7 @@ impl Stack {
             "memory": "64",
             "cpu": "128",
             "containerDefinitions": [{
-                "name": "main", "image": format!("{}/busybox:latest", harness::env().registry),
+                "name": "main", "image": format!("{registry}/busybox:latest"),
                 "essential": true, "stopTimeout": 2,
                 "command": ["sh", "-c", script]
             }]
@@ -573,13 +573,14 @@ fn outbox_seqs(dir: &Path) -> (u64, u64) {
 }
 
 /// Registers a long-running task definition and a short one (each blip goes PENDING,
-/// RUNNING, STOPPED on its own).
-fn workload(stack: &Stack) {
+/// RUNNING, STOPPED on its own), with images from `registry`.
+fn workload(stack: &Stack, registry: &str) {
     stack.register(
         "sleeper",
+        registry,
         "trap 'exit 0' TERM; while true; do sleep 1; done",
     );
-    stack.register("blip", "sleep 1");
+    stack.register("blip", registry, "sleep 1");
 }
 
 /// Runs the sleeper on the device; returns its ARN and process once it runs.
@@ -611,7 +612,7 @@ fn log_count(dev: &Device, needle: &str) -> usize {
 fn broker_stopped_and_restarted_while_tasks_change() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut stack = Stack::up(&tmp.path().join("hub"), &[]);
-    workload(&stack);
+    workload(&stack, &harness::env().registry);
     let mut dev = Device::enroll(&stack, 60, "fbroker", |_| {});
     let (sleeper, before) = start_sleeper(&stack, &dev);
     let connects = log_count(&dev, "connected to the broker");
@@ -642,7 +643,7 @@ fn broker_stopped_and_restarted_while_tasks_change() {
 fn hub_killed_and_restarted_during_traffic() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut stack = Stack::up(&tmp.path().join("hub"), &[]);
-    workload(&stack);
+    workload(&stack, &harness::env().registry);
     let mut dev = Device::enroll(&stack, 61, "fhub", |_| {});
     let (sleeper, before) = start_sleeper(&stack, &dev);
 
@@ -663,7 +664,7 @@ fn hub_killed_and_restarted_during_traffic() {
 fn agent_kill_9_two_hundred_times_while_tasks_change() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let stack = Stack::up(&tmp.path().join("hub"), &[]);
-    workload(&stack);
+    workload(&stack, &harness::env().registry);
     let mut dev = Device::enroll(&stack, 62, "fkill", |_| {});
     let (sleeper, before) = start_sleeper(&stack, &dev);
 
@@ -767,7 +768,7 @@ fn containerd_restarted_while_tasks_change() {
     // Declared before the device: dropped after it, so the agent's cleanup still reaches it.
     let mut cd = OwnContainerd::start(&tmp.path().join("containerd"));
     let stack = Stack::up(&tmp.path().join("hub"), &[]);
-    workload(&stack);
+    workload(&stack, &harness::env().registry);
     let sock = cd.socket();
     let mut dev = Device::enroll(&stack, 63, "fcontainerd", |a| {
         let text = std::fs::read_to_string(&a.config).expect("agent config");
@@ -930,7 +931,11 @@ fn link_cut_in_a_network_namespace_never_stops_a_task() {
         port_of(&stack.env["SKERRY_REGISTRATION_URL"]),
     );
     let _broker = Proxy::start(&netns.host_ip, port_of(&stack.env["SKERRY_BROKER"]));
-    workload(&stack);
+    // The registry too: the namespace's loopback is its own.
+    let registry_port = port_of(&harness::env().registry);
+    let _registry = Proxy::start(&netns.host_ip, registry_port);
+    let registry = format!("{}:{registry_port}", netns.host_ip);
+    workload(&stack, &registry);
     let wrapper = tmp.path().join("agent-in-netns");
     let mut dev = Device::enroll(&stack, slot, "fnetns", |a| {
         let mut f = std::fs::File::create(&wrapper).expect("wrapper");
@@ -944,6 +949,12 @@ fn link_cut_in_a_network_namespace_never_stops_a_task() {
         drop(f);
         run(Command::new("chmod").arg("755").arg(&wrapper));
         a.bin = wrapper.clone();
+        let mut config = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&a.config)
+            .expect("agent config");
+        writeln!(config, "[images]\ninsecure_registries = [\"{registry}\"]")
+            .expect("write agent config");
     });
     let (sleeper, before) = start_sleeper(&stack, &dev);
 
@@ -1020,7 +1031,7 @@ impl Drop for LoopFs {
 fn data_directory_full_keeps_tasks_running_and_delivers_after() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let stack = Stack::up(&tmp.path().join("hub"), &[]);
-    workload(&stack);
+    workload(&stack, &harness::env().registry);
     // Declared before the device: unmounted after the agent is gone.
     let mut fs: Option<LoopFs> = None;
     let image = tmp.path().join("data.ext4");
