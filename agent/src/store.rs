@@ -14,6 +14,8 @@ use serde::{de::DeserializeOwned, Serialize};
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 const DESIRED_KEY: &str = "desired";
+/// How long opening waits for another holder of the file's lock to let go.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -60,7 +62,19 @@ impl Store {
             path: path.into(),
             message: e.to_string(),
         };
-        let db = Database::create(path).map_err(|e| err(&e))?;
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match Database::create(path) {
+                // A process killed while spawning a child (a CNI plugin) leaves the child
+                // holding the file's lock until it has exec'ed: wait that out.
+                Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                r => break r.map_err(|e| err(&e))?,
+            }
+        };
         // Create the tables once so readers never meet a missing one.
         let tx = db.begin_write().map_err(|e| err(&e))?;
         tx.open_table(META).map_err(|e| err(&e))?;
@@ -218,6 +232,23 @@ mod tests {
         assert_eq!(d["generation"], 7);
         let tasks: Vec<serde_json::Value> = s.tasks().expect("tasks");
         assert_eq!(tasks, vec![serde_json::json!({"n": 2})]);
+    }
+
+    #[test]
+    fn open_waits_for_a_lock_another_holder_lets_go() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.redb");
+        let first = Store::open(&path).expect("open");
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(first);
+        });
+        let second = Store::open(&path).expect("opens once the first lets go");
+        holder.join().expect("holder thread");
+        assert!(second
+            .desired::<serde_json::Value>()
+            .expect("get")
+            .is_none());
     }
 
     #[test]
