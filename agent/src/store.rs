@@ -5,7 +5,8 @@
 //! reconciler acts on it.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
@@ -13,6 +14,8 @@ use serde::{de::DeserializeOwned, Serialize};
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 const DESIRED_KEY: &str = "desired";
+/// How long opening waits for another holder of the file's lock to let go.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -28,31 +31,85 @@ pub enum StoreError {
 
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
-    path: PathBuf,
+    inner: Arc<Inner>,
 }
+
+struct Inner {
+    /// None only while it is being reopened.
+    db: RwLock<Option<Database>>,
+    path: PathBuf,
+    /// redb refuses every transaction after one failed write ("previous I/O error", e.g. a
+    /// full disk) until the database is opened again; the next operation does that.
+    poisoned: AtomicBool,
+}
+
+type Db<'a> = RwLockReadGuard<'a, Option<Database>>;
 
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Self::open_db(path)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db: RwLock::new(Some(db)),
+                path: path.into(),
+                poisoned: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    fn open_db(path: &Path) -> Result<Database, StoreError> {
         let err = |e: &dyn std::fmt::Display| StoreError::Db {
             path: path.into(),
             message: e.to_string(),
         };
-        let db = Database::create(path).map_err(|e| err(&e))?;
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match Database::create(path) {
+                // A process killed while spawning a child (a CNI plugin) leaves the child
+                // holding the file's lock until it has exec'ed: wait that out.
+                Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                r => break r.map_err(|e| err(&e))?,
+            }
+        };
         // Create the tables once so readers never meet a missing one.
         let tx = db.begin_write().map_err(|e| err(&e))?;
         tx.open_table(META).map_err(|e| err(&e))?;
         tx.open_table(TASKS).map_err(|e| err(&e))?;
         tx.commit().map_err(|e| err(&e))?;
-        Ok(Self {
-            db: Arc::new(db),
-            path: path.into(),
-        })
+        Ok(db)
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> StoreError {
+    /// The database, opened again first if an I/O error poisoned it. The guard keeps a
+    /// reopen from closing it under a transaction.
+    fn db(&self) -> Result<Db<'_>, StoreError> {
+        if self.inner.poisoned.load(Ordering::Acquire) {
+            let mut w = self.inner.db.write().unwrap_or_else(|p| p.into_inner());
+            if self.inner.poisoned.load(Ordering::Acquire) {
+                // redb allows one open handle per file: the old one goes first.
+                drop(w.take());
+                *w = Some(Self::open_db(&self.inner.path)?);
+                self.inner.poisoned.store(false, Ordering::Release);
+                tracing::info!(path = %self.inner.path.display(), "state store reopened after an I/O error");
+            }
+        }
+        let r = self.inner.db.read().unwrap_or_else(|p| p.into_inner());
+        if r.is_none() {
+            return Err(self.err(redb::Error::PreviousIo));
+        }
+        Ok(r)
+    }
+
+    fn err(&self, e: impl Into<redb::Error>) -> StoreError {
+        let e: redb::Error = e.into();
+        if matches!(e, redb::Error::PreviousIo) {
+            self.inner.poisoned.store(true, Ordering::Release);
+        }
         StoreError::Db {
-            path: self.path.clone(),
+            path: self.inner.path.clone(),
             message: e.to_string(),
         }
     }
@@ -66,7 +123,9 @@ impl Store {
     }
 
     pub fn tasks<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let db = self.db()?;
+        let db = db.as_ref().expect("db() checked it is open");
+        let tx = db.begin_read().map_err(|e| self.err(e))?;
         let table = tx.open_table(TASKS).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for row in table.iter().map_err(|e| self.err(e))? {
@@ -93,7 +152,9 @@ impl Store {
     }
 
     pub fn remove_task(&self, task_arn: &str) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let db = self.db()?;
+        let db = db.as_ref().expect("db() checked it is open");
+        let tx = db.begin_write().map_err(|e| self.err(e))?;
         tx.open_table(TASKS)
             .map_err(|e| self.err(e))?
             .remove(task_arn)
@@ -106,7 +167,9 @@ impl Store {
         table: TableDefinition<&str, &[u8]>,
         key: &str,
     ) -> Result<Option<T>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let db = self.db()?;
+        let db = db.as_ref().expect("db() checked it is open");
+        let tx = db.begin_read().map_err(|e| self.err(e))?;
         let t = tx.open_table(table).map_err(|e| self.err(e))?;
         match t.get(key).map_err(|e| self.err(e))? {
             Some(v) => Ok(Some(self.decode(key, v.value())?)),
@@ -122,11 +185,13 @@ impl Store {
         durability: Durability,
     ) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(value).map_err(|source| StoreError::Decode {
-            path: self.path.clone(),
+            path: self.inner.path.clone(),
             key: key.into(),
             source,
         })?;
-        let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let db = self.db()?;
+        let db = db.as_ref().expect("db() checked it is open");
+        let mut tx = db.begin_write().map_err(|e| self.err(e))?;
         tx.set_durability(durability);
         tx.open_table(table)
             .map_err(|e| self.err(e))?
@@ -137,7 +202,7 @@ impl Store {
 
     fn decode<T: DeserializeOwned>(&self, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
         serde_json::from_slice(bytes).map_err(|source| StoreError::Decode {
-            path: self.path.clone(),
+            path: self.inner.path.clone(),
             key: key.into(),
             source,
         })
@@ -167,6 +232,23 @@ mod tests {
         assert_eq!(d["generation"], 7);
         let tasks: Vec<serde_json::Value> = s.tasks().expect("tasks");
         assert_eq!(tasks, vec![serde_json::json!({"n": 2})]);
+    }
+
+    #[test]
+    fn open_waits_for_a_lock_another_holder_lets_go() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.redb");
+        let first = Store::open(&path).expect("open");
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(first);
+        });
+        let second = Store::open(&path).expect("opens once the first lets go");
+        holder.join().expect("holder thread");
+        assert!(second
+            .desired::<serde_json::Value>()
+            .expect("get")
+            .is_none());
     }
 
     #[test]

@@ -32,12 +32,16 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::identity::{self, Plan};
 use crate::outbox::{Class, Outbox, OutboxConfig, OutboxError};
-use crate::reconcile::{EventSink, Handle, Observer, TaskEvent};
+use crate::reconcile::{ApplyError, EventSink, Handle, Observer, TaskEvent};
+use backoff::Backoff;
 
 /// Outbox keys of the records that only their latest value matters for.
 const KEY_APPLIED: &str = "applied-generation";
 const KEY_FULL_STATE: &str = "full-state";
 const KEY_DESIRED_EVENT: &str = "desired";
+/// Retries of a desired-state document the store could not persist.
+const DESIRED_RETRY_MIN: Duration = Duration::from_secs(1);
+const DESIRED_RETRY_MAX: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
@@ -198,17 +202,29 @@ impl Link {
 
 /// Applies each desired-state document the hub publishes (the latest only, if several came
 /// meanwhile): refused when invalid, ignored when not newer than the applied generation.
+/// One the store could not persist (a full disk) is tried again with backoff until it
+/// applies or a newer one comes: the hub publishes a document once, retained.
 async fn apply_desired(
     mut rx: watch::Receiver<Option<Bytes>>,
     handle: Handle,
     out: Outbound,
     stop: CancellationToken,
 ) {
+    let mut backoff = Backoff::new(DESIRED_RETRY_MIN, DESIRED_RETRY_MAX);
+    // The last document failed to apply for the store's sake: it is tried again.
+    let mut failed = false;
     loop {
+        let delay = if failed {
+            backoff.next_delay()
+        } else {
+            Duration::ZERO
+        };
         tokio::select! {
             r = rx.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(delay), if failed => {}
             _ = stop.cancelled() => return,
         }
+        let retry = std::mem::take(&mut failed);
         let Some(payload) = rx.borrow_and_update().clone() else {
             continue;
         };
@@ -241,7 +257,10 @@ async fn apply_desired(
                         None
                     }
                 };
-                if current.is_some_and(|c| doc.generation <= c) {
+                // A failed apply may have committed the document but not every task record
+                // (the disk filled in between): a retry applies the same generation again,
+                // which only adds what is missing.
+                if current.is_some_and(|c| doc.generation < c || (doc.generation == c && !retry)) {
                     debug!(
                         generation = doc.generation,
                         applied = ?current,
@@ -252,6 +271,7 @@ async fn apply_desired(
                     let generation = doc.generation;
                     match handle.apply(doc).await {
                         Ok(g) => {
+                            backoff.reset();
                             info!(generation = g, "desired state from the hub applied");
                             Some((
                                 Class::State {
@@ -260,8 +280,14 @@ async fn apply_desired(
                                 Message::Applied { generation: g },
                             ))
                         }
+                        Err(e @ ApplyError::Store(_)) if retry => {
+                            warn!(generation, "desired-state document still not applied: {e}");
+                            failed = true;
+                            None
+                        }
                         Err(e) => {
                             warn!(generation, "desired-state document not applied: {e}");
+                            failed = matches!(e, ApplyError::Store(_));
                             Some((
                                 Class::Event {
                                     key: KEY_DESIRED_EVENT.into(),
