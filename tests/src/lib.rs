@@ -4,4 +4,6 @@
 //!
 //! # Layout
 //! - `tests/fleet.rs`: registration, RunTask and services across two agents, restarts.
-//! - `tests/image.rs`: the qemu-aarch64-virt card built offline, provisioned and booted in QEMU.
+//! - `tests/image.rs`: the qemu-aarch64-virt card built offline, provisioned and booted in QEMU:
+//!   it registers with a hub on loopback, runs a task, and keeps it through a cut link and a
+//!   reboot without network.
