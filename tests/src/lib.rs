@@ -6,6 +6,8 @@
 //! - `tests/fleet.rs`: registration, RunTask and services across two agents, restarts.
 //! - `tests/faults.rs`: fault injection (broker, link, hub, agent kill -9, containerd, full
 //!   disk) with the delivery and container invariants checked after each.
-//! - `tests/image.rs`: the qemu-aarch64-virt card built offline, provisioned and booted in QEMU.
+//! - `tests/image.rs`: the qemu-aarch64-virt card built offline, provisioned and booted in QEMU:
+//!   it registers with a hub on loopback, runs a task, and keeps it through a cut link and a
+//!   reboot without network.
 //! - `tests/install.rs`: `scripts/install-agent` into a scratch root and out again, without
 //!   systemd; bad input refused before anything is written.
