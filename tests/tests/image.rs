@@ -380,6 +380,15 @@ fn crashed(e: &Value) -> bool {
             .is_some_and(|m| m.contains("crasher STOPPED exit 3"))
 }
 
+/// The agent's own event for the restart: `containerRestarted` of crasher, exit code 3.
+fn restarted(e: &Value) -> bool {
+    e["kind"] == "containerRestarted"
+        && e["container"] == "crasher"
+        && e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("exited with code 3"))
+}
+
 fn seq(e: &Value) -> Option<u64> {
     e["seq"].as_u64()
 }
@@ -664,20 +673,20 @@ fn qemu_device_registers_runs_tasks_and_survives_link_loss_and_reboot() {
         || {
             let ev = hub.events(&id);
             let crash = ev.iter().position(crashed)?;
-            ev[crash..]
-                .iter()
-                .any(|e| {
-                    e["kind"] == "taskState"
-                        && e["message"]
-                            .as_str()
-                            .is_some_and(|m| m.contains("crasher RUNNING"))
-                })
-                .then_some(ev)
+            (ev[crash..].iter().any(|e| {
+                e["kind"] == "taskState"
+                    && e["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("crasher RUNNING"))
+            }) && ev.iter().any(restarted))
+            .then_some(ev)
         },
     );
     assert_device_order(&events);
     let crash = events.iter().find(|e| crashed(e)).expect("the crash");
     assert!(seq(crash) > Some(high), "{crash} was not buffered");
+    let event = events.iter().find(|e| restarted(e)).expect("the restart");
+    assert!(seq(event) > Some(high), "{event} was not buffered");
     wait(
         "the device connected again",
         Duration::from_secs(120),
