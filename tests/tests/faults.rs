@@ -957,6 +957,7 @@ fn link_cut_in_a_network_namespace_never_stops_a_task() {
             .expect("write agent config");
     });
     let (sleeper, before) = start_sleeper(&stack, &dev);
+    let (doomed, _) = start_sleeper(&stack, &dev);
 
     for (round, cut) in [8u64, 50].into_iter().enumerate() {
         let connects = log_count(&dev, "connected to the broker");
@@ -965,12 +966,52 @@ fn link_cut_in_a_network_namespace_never_stops_a_task() {
         netns.set_link(false);
         // Work for the device while it is cut off: it arrives with the link.
         stack.run_task("blip", 2);
+        if round == 0 {
+            // So does a stop: the task runs on until the device hears of it.
+            stack.aws(&[
+                "ecs",
+                "stop-task",
+                "--cluster",
+                "default",
+                "--task",
+                &doomed,
+                "--reason",
+                "stopped while away",
+            ]);
+            std::thread::sleep(Duration::from_secs(3));
+            assert_eq!(
+                dev.agent.task(&doomed).map(|t| t["lastStatus"].clone()),
+                Some(json!("RUNNING")),
+                "stopped before the link came back"
+            );
+        }
         let deadline = Instant::now() + Duration::from_secs(cut);
         while Instant::now() < deadline {
             assert_same_process(&dev, &sleeper, before, "a cut link");
             std::thread::sleep(Duration::from_secs(2));
         }
         netns.set_link(true);
+        if round == 0 {
+            dev.agent.wait_task(&doomed, Duration::from_secs(120), |t| {
+                t["lastStatus"] == "STOPPED"
+            });
+            wait("the hub seeing the stop", Duration::from_secs(60), || {
+                let d = stack.aws(&[
+                    "ecs",
+                    "describe-tasks",
+                    "--cluster",
+                    "default",
+                    "--tasks",
+                    &doomed,
+                ]);
+                let t = &d["tasks"][0];
+                if t["lastStatus"] == "STOPPED" && t["stoppedReason"] == "stopped while away" {
+                    Ok(())
+                } else {
+                    Err(format!("{t:#}"))
+                }
+            });
+        }
         if round == 1 {
             // Long enough for the broker to drop the session: the agent connects anew.
             wait("the agent reconnected", Duration::from_secs(120), || {
