@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::Api;
 use crate::ca::{Ca, CaError};
+use crate::server::accept_next;
 use crate::store::{ActivationFilter, CodeHash, NewInstance, RegisterOutcome, StoreError};
 
 /// The cluster ECS Anywhere registers into when none is named, made on first use.
@@ -321,23 +322,9 @@ impl Listener {
     pub async fn run(self, shutdown: CancellationToken, grace: Duration) {
         let graceful = GracefulShutdown::new();
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        loop {
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-            };
-            let (stream, peer) = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                r = self.listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "registration accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
+        while let Some((permit, stream, peer)) =
+            accept_next(&self.listener, &slots, &shutdown, "registration").await
+        {
             let acceptor = self.acceptor.clone();
             let registrar = self.registrar.clone();
             let watcher = graceful.watcher();
