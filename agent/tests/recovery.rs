@@ -7,76 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use harness::containerd::OwnContainerd;
 use harness::{arn, container, env, sh_task, task, wait_for, Agent};
 use rand::Rng;
 use serde_json::{json, Value};
-
-/// A containerd of the test's own, so it can be killed without disturbing other tests.
-struct OwnContainerd {
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl OwnContainerd {
-    fn start(dir: &Path) -> Self {
-        std::fs::create_dir_all(dir).expect("containerd dir");
-        let config = dir.join("containerd.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{d}/c.sock\"\n[ttrpc]\n  address = \"{d}/c.sock.ttrpc\"\n",
-                d = dir.display()
-            ),
-        )
-        .expect("containerd config");
-        let mut c = Self {
-            dir: dir.into(),
-            child: None,
-        };
-        c.restart();
-        c
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("c.sock")
-    }
-
-    fn restart(&mut self) {
-        self.kill();
-        let log = std::fs::File::create(self.dir.join("containerd.log")).expect("log");
-        self.child = Some(
-            Command::new("containerd")
-                .arg("--config")
-                .arg(self.dir.join("containerd.toml"))
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("start containerd"),
-        );
-        let sock = self.socket();
-        wait_for("containerd", Duration::from_secs(30), || {
-            Command::new("ctr")
-                .arg("--address")
-                .arg(&sock)
-                .arg("version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for OwnContainerd {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn running_ids(a: &Agent) -> Vec<String> {
     let mut v: Vec<String> = a

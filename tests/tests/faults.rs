@@ -13,12 +13,13 @@
 
 #[path = "../../agent/tests/harness/mod.rs"]
 mod harness;
+mod stack;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,33 +28,9 @@ use rand::Rng;
 use serde_json::{json, Value};
 use skerry_proto::desired::task_id_of;
 
-use harness::{wait_for, Agent};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ sits in the repository")
-        .to_path_buf()
-}
-
-/// A workspace binary: from `var` when set (scripts/test sets them), else next to this test.
-fn binary(var: &str, name: &str) -> PathBuf {
-    if let Ok(p) = std::env::var(var) {
-        return p.into();
-    }
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable in target/debug/deps");
-    let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: build it (`cargo build -p …`) or set {var}",
-        p.display()
-    );
-    p
-}
+use harness::containerd::OwnContainerd;
+use harness::Agent;
+use stack::Stack;
 
 fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
@@ -80,134 +57,8 @@ fn wait<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Result<T, S
     }
 }
 
-/// A hub and its broker, started by `scripts/hub-up` in `dir`.
-struct Stack {
-    dir: PathBuf,
-    env: HashMap<String, String>,
-    vars: Vec<(String, String)>,
-}
-
+/// What the fault scenarios ask of the hub beyond the shared stack's basics.
 impl Stack {
-    fn up(dir: &Path, vars: &[(&str, &str)]) -> Stack {
-        let mut s = Stack {
-            dir: dir.to_path_buf(),
-            env: HashMap::new(),
-            vars: vars
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        };
-        s.hub_up();
-        s
-    }
-
-    /// Starts whatever of hub and broker is not running (hub-up is idempotent).
-    fn hub_up(&mut self) {
-        let out = Command::new(repo().join("scripts/hub-up"))
-            .arg(&self.dir)
-            .env("SKERRY_HUB_BIN", binary("SKERRY_HUB_BIN", "skerry-hub"))
-            .envs(self.vars.iter().map(|(k, v)| (k, v)))
-            .output()
-            .expect("run scripts/hub-up");
-        assert!(
-            out.status.success(),
-            "hub-up failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = std::fs::read_to_string(self.dir.join("env")).expect("hub-up writes DIR/env");
-        self.env = text
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("export "))
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.trim_matches(['"', '\'']).to_string()))
-            .collect();
-    }
-
-    /// Kills the hub's or the broker's process (`name` is its pid file's stem) and waits
-    /// until it is gone.
-    fn kill(&self, name: &str, signal: &str) {
-        let pid = std::fs::read_to_string(self.dir.join(format!("{name}.pid")))
-            .unwrap_or_else(|e| panic!("{name}.pid: {e}"));
-        let pid = pid.trim();
-        run(Command::new("kill").args([signal, pid]));
-        wait_for(&format!("{name} gone"), Duration::from_secs(15), || {
-            // Gone or a zombie (hub-up's nohup child is reaped by init).
-            std::fs::read_to_string(format!("/proc/{pid}/cmdline")).map_or(true, |c| c.is_empty())
-        });
-    }
-
-    fn command(&self, program: &Path) -> Command {
-        let mut cmd = Command::new(program);
-        cmd.envs(&self.env)
-            .env("AWS_CONFIG_FILE", self.dir.join("no-aws-config"))
-            .env(
-                "AWS_SHARED_CREDENTIALS_FILE",
-                self.dir.join("no-aws-credentials"),
-            )
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_MAX_ATTEMPTS", "1")
-            .env_remove("AWS_PROFILE");
-        cmd
-    }
-
-    fn aws(&self, args: &[&str]) -> Value {
-        let out = self
-            .command(Path::new("aws"))
-            .args(["--output", "json"])
-            .args(args)
-            .output()
-            .expect("run the aws CLI");
-        assert!(
-            out.status.success(),
-            "aws {args:?} failed: {}\nhub log:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.hub_log()
-        );
-        if out.stdout.iter().all(u8::is_ascii_whitespace) {
-            return Value::Null;
-        }
-        serde_json::from_slice(&out.stdout).expect("aws prints JSON")
-    }
-
-    fn skerry(&self, args: &[&str]) -> Output {
-        self.command(&binary("SKERRY_CLI_BIN", "skerry"))
-            .args(args)
-            .output()
-            .expect("run skerry")
-    }
-
-    fn hub_log(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.join("hub.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    fn instances(&self) -> Vec<Value> {
-        let arns = self.aws(&["ecs", "list-container-instances", "--cluster", "default"]);
-        let arns: Vec<&str> = arns["containerInstanceArns"]
-            .as_array()
-            .expect("containerInstanceArns")
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
-        if arns.is_empty() {
-            return Vec::new();
-        }
-        let mut args = vec![
-            "ecs",
-            "describe-container-instances",
-            "--cluster",
-            "default",
-            "--container-instances",
-        ];
-        args.extend(arns);
-        self.aws(&args)["containerInstances"]
-            .as_array()
-            .expect("containerInstances")
-            .clone()
-    }
-
     fn connected(&self) -> bool {
         self.instances()
             .first()
@@ -215,35 +66,9 @@ impl Stack {
     }
 
     /// Every task the hub knows, running or stopped.
-    fn tasks(&self) -> Vec<Value> {
-        let mut out = Vec::new();
-        for status in ["RUNNING", "STOPPED"] {
-            let arns = self.aws(&[
-                "ecs",
-                "list-tasks",
-                "--cluster",
-                "default",
-                "--desired-status",
-                status,
-            ]);
-            let arns: Vec<&str> = arns["taskArns"]
-                .as_array()
-                .expect("taskArns")
-                .iter()
-                .filter_map(Value::as_str)
-                .collect();
-            for chunk in arns.chunks(100) {
-                let mut args = vec!["ecs", "describe-tasks", "--cluster", "default", "--tasks"];
-                args.extend(chunk);
-                out.extend(
-                    self.aws(&args)["tasks"]
-                        .as_array()
-                        .expect("tasks")
-                        .iter()
-                        .cloned(),
-                );
-            }
-        }
+    fn all_tasks(&self) -> Vec<Value> {
+        let mut out = self.tasks(&["--desired-status", "RUNNING"]);
+        out.extend(self.tasks(&["--desired-status", "STOPPED"]));
         out
     }
 
@@ -291,17 +116,6 @@ impl Stack {
             .collect()
     }
 
-    /// The device's history on the hub, oldest first.
-    fn events(&self, instance: &str) -> Vec<Value> {
-        let out = self.skerry(&["events", "--instance", instance, "--json"]);
-        assert!(
-            out.status.success(),
-            "skerry events: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("events JSON")
-    }
-
     /// The highest seq of the instance the hub has applied, from its database.
     fn up_seq(&self, instance: &str) -> u64 {
         let db = self.dir.join("state/hub.db");
@@ -323,14 +137,6 @@ impl Stack {
     }
 }
 
-impl Drop for Stack {
-    fn drop(&mut self) {
-        let _ = Command::new(repo().join("scripts/hub-down"))
-            .arg(&self.dir)
-            .status();
-    }
-}
-
 /// A registered agent and its instance id.
 struct Device {
     agent: Agent,
@@ -344,23 +150,7 @@ impl Device {
     /// it starts (its containerd, its binary). Returns once the hub sees it connected.
     fn enroll(stack: &Stack, slot: u8, name: &str, tweak: impl FnOnce(&mut Agent)) -> Device {
         let prov = stack.dir.join(format!("provision-{name}.toml"));
-        let out = stack.skerry(&[
-            "activation",
-            "create",
-            "--cluster",
-            "default",
-            "--limit",
-            "1",
-            "--expires",
-            "1d",
-            "-o",
-            prov.to_str().expect("utf-8 path"),
-        ]);
-        assert!(
-            out.status.success(),
-            "skerry activation create: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        stack.activation(1, &prov, &[]);
         let mut agent = Agent::with_top(
             slot,
             name,
@@ -442,7 +232,7 @@ fn check_containers(stack: &Stack, dev: &Device) {
             let have = dev.agent.containers();
             let live = want.iter().all(|c| dev.process(c).is_some());
             let on_hub: Vec<Value> = stack
-                .tasks()
+                .all_tasks()
                 .into_iter()
                 .filter(|t| t["containerInstanceArn"] == dev.arn.as_str())
                 .collect();
@@ -688,78 +478,6 @@ fn agent_kill_9_two_hundred_times_while_tasks_change() {
     check_containers(&stack, &dev);
     assert_same_process(&dev, &sleeper, before, "200 agent kills");
     check_delivery(&stack, &mut dev);
-}
-
-/// A containerd of the test's own: restarting the test environment's would disturb the
-/// tests running beside this one.
-struct OwnContainerd {
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl OwnContainerd {
-    fn start(dir: &Path) -> Self {
-        std::fs::create_dir_all(dir).expect("containerd dir");
-        std::fs::write(
-            dir.join("containerd.toml"),
-            format!(
-                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{d}/c.sock\"\n[ttrpc]\n  address = \"{d}/c.sock.ttrpc\"\n",
-                d = dir.display()
-            ),
-        )
-        .expect("containerd config");
-        let mut c = Self {
-            dir: dir.into(),
-            child: None,
-        };
-        c.restart();
-        c
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("c.sock")
-    }
-
-    /// SIGKILL (if running) and start again; waits until it serves.
-    fn restart(&mut self) {
-        self.kill();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("containerd.log"))
-            .expect("containerd log");
-        self.child = Some(
-            Command::new("containerd")
-                .arg("--config")
-                .arg(self.dir.join("containerd.toml"))
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("start containerd"),
-        );
-        let sock = self.socket();
-        wait_for("containerd", Duration::from_secs(30), || {
-            Command::new("ctr")
-                .arg("--address")
-                .arg(&sock)
-                .arg("version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for OwnContainerd {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 #[test]

@@ -4,214 +4,16 @@
 
 #[path = "../../agent/tests/harness/mod.rs"]
 mod harness;
+mod stack;
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use harness::Agent;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ sits in the repository")
-        .to_path_buf()
-}
-
-/// A workspace binary: from `var` when set (scripts/test sets them), else next to this test.
-fn binary(var: &str, name: &str) -> PathBuf {
-    if let Ok(p) = std::env::var(var) {
-        return p.into();
-    }
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/debug/deps/fleet-… -> target/debug/NAME
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable in target/debug/deps");
-    let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: build it (`cargo build -p …`) or set {var}",
-        p.display()
-    );
-    p
-}
-
-struct Stack {
-    dir: PathBuf,
-    env: HashMap<String, String>,
-}
-
-impl Stack {
-    fn up(dir: &Path) -> Stack {
-        let out = Command::new(repo().join("scripts/hub-up"))
-            .arg(dir)
-            .env("SKERRY_HUB_BIN", binary("SKERRY_HUB_BIN", "skerry-hub"))
-            .output()
-            .expect("run scripts/hub-up");
-        assert!(
-            out.status.success(),
-            "hub-up failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = std::fs::read_to_string(dir.join("env")).expect("hub-up writes DIR/env");
-        let env = text
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("export "))
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.trim_matches(['"', '\'']).to_string()))
-            .collect();
-        Stack {
-            dir: dir.to_path_buf(),
-            env,
-        }
-    }
-
-    fn down(&self) {
-        let status = Command::new(repo().join("scripts/hub-down"))
-            .arg(&self.dir)
-            .status()
-            .expect("run scripts/hub-down");
-        assert!(status.success(), "hub-down failed");
-    }
-
-    fn command(&self, program: &Path) -> Command {
-        let mut cmd = Command::new(program);
-        cmd.envs(&self.env)
-            // Keep the aws CLI off the machine's own profiles and from retrying.
-            .env("AWS_CONFIG_FILE", self.dir.join("no-aws-config"))
-            .env(
-                "AWS_SHARED_CREDENTIALS_FILE",
-                self.dir.join("no-aws-credentials"),
-            )
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_MAX_ATTEMPTS", "1")
-            .env_remove("AWS_PROFILE");
-        cmd
-    }
-
-    fn aws(&self, args: &[&str]) -> Value {
-        let out = self
-            .command(Path::new("aws"))
-            .args(["--output", "json"])
-            .args(args)
-            .output()
-            .expect("run the aws CLI");
-        assert!(
-            out.status.success(),
-            "aws {args:?} failed: {}\nhub log:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.hub_log()
-        );
-        if out.stdout.iter().all(u8::is_ascii_whitespace) {
-            return Value::Null;
-        }
-        serde_json::from_slice(&out.stdout).expect("aws prints JSON")
-    }
-
-    /// Runs an aws command that must fail; returns what it printed on stderr.
-    fn aws_fails(&self, args: &[&str]) -> String {
-        let out = self
-            .command(Path::new("aws"))
-            .args(args)
-            .output()
-            .expect("run the aws CLI");
-        assert!(!out.status.success(), "aws {args:?} succeeded");
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
-
-    fn skerry(&self, args: &[&str]) -> Output {
-        self.command(&binary("SKERRY_CLI_BIN", "skerry"))
-            .args(args)
-            .output()
-            .expect("run skerry")
-    }
-
-    fn hub_log(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.join("hub.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    fn instances(&self) -> Vec<Value> {
-        let arns = self.aws(&["ecs", "list-container-instances", "--cluster", "default"]);
-        let arns: Vec<&str> = arns["containerInstanceArns"]
-            .as_array()
-            .expect("containerInstanceArns")
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
-        if arns.is_empty() {
-            return Vec::new();
-        }
-        let mut args = vec![
-            "ecs",
-            "describe-container-instances",
-            "--cluster",
-            "default",
-            "--container-instances",
-        ];
-        args.extend(arns);
-        self.aws(&args)["containerInstances"]
-            .as_array()
-            .expect("containerInstances")
-            .clone()
-    }
-
-    fn tasks(&self, extra: &[&str]) -> Vec<Value> {
-        let mut list = vec!["ecs", "list-tasks", "--cluster", "default"];
-        list.extend(extra);
-        let arns = self.aws(&list);
-        let arns: Vec<&str> = arns["taskArns"]
-            .as_array()
-            .expect("taskArns")
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
-        if arns.is_empty() {
-            return Vec::new();
-        }
-        let mut args = vec!["ecs", "describe-tasks", "--cluster", "default", "--tasks"];
-        args.extend(arns);
-        self.aws(&args)["tasks"].as_array().expect("tasks").clone()
-    }
-
-    /// Polls `probe` until it returns Some, or panics with `what` and the last value.
-    fn wait<T: std::fmt::Debug>(
-        &self,
-        what: &str,
-        timeout: Duration,
-        mut probe: impl FnMut() -> Result<T, String>,
-    ) -> T {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match probe() {
-                Ok(v) => return v,
-                Err(last) if Instant::now() > deadline => {
-                    panic!(
-                        "{what}: not reached in {timeout:?}; last seen: {last}\nhub log:\n{}",
-                        self.hub_log()
-                    )
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(300)),
-            }
-        }
-    }
-}
-
-impl Drop for Stack {
-    /// A failed test leaves no hub or broker behind (hub-down of a stopped stack is a no-op).
-    fn drop(&mut self) {
-        let _ = Command::new(repo().join("scripts/hub-down"))
-            .arg(&self.dir)
-            .status();
-    }
-}
+use stack::Stack;
 
 /// An agent of the fleet: the test harness's agent with a provisioning file.
 fn device(slot: u8, name: &str, provision: &Path) -> Agent {
@@ -242,27 +44,11 @@ fn running_per_instance(tasks: &[Value]) -> BTreeMap<String, usize> {
 #[test]
 fn two_agents_register_run_tasks_and_a_service_and_survive_restarts() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let stack = Stack::up(&tmp.path().join("hub"));
+    let stack = Stack::up(&tmp.path().join("hub"), &[]);
 
     // One activation for both devices, written as a provisioning file by the CLI.
     let prov_a = tmp.path().join("provision-a.toml");
-    let out = stack.skerry(&[
-        "activation",
-        "create",
-        "--cluster",
-        "default",
-        "--limit",
-        "2",
-        "--expires",
-        "1d",
-        "-o",
-        prov_a.to_str().expect("utf-8 path"),
-    ]);
-    assert!(
-        out.status.success(),
-        "skerry activation create: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stack.activation(2, &prov_a, &[]);
     let prov_b = tmp.path().join("provision-b.toml");
     std::fs::copy(&prov_a, &prov_b).expect("copy provisioning file");
 
@@ -440,7 +226,7 @@ fn two_agents_register_run_tasks_and_a_service_and_survive_restarts() {
 
     // The hub restarts; nothing is lost and the agents reconnect.
     stack.down();
-    let stack = Stack::up(&tmp.path().join("hub"));
+    let stack = Stack::up(&tmp.path().join("hub"), &[]);
     stack.wait(
         "agents reconnected after the hub restart",
         Duration::from_secs(120),

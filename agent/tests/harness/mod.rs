@@ -3,6 +3,7 @@
 //! which gives it its own containerd namespace, bridge and subnet, so tests run in parallel.
 #![allow(dead_code)]
 
+pub mod containerd;
 pub mod hub;
 
 use std::io::{Read, Write};
