@@ -43,7 +43,18 @@ struct Inner {
     poisoned: AtomicBool,
 }
 
-type Db<'a> = RwLockReadGuard<'a, Option<Database>>;
+/// The open database, held for one operation: a reopen waits until it is dropped.
+struct Db<'a>(RwLockReadGuard<'a, Option<Database>>);
+
+impl std::ops::Deref for Db<'_> {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        self.0
+            .as_ref()
+            .expect("a Db is only made of an open database")
+    }
+}
 
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -100,7 +111,7 @@ impl Store {
         if r.is_none() {
             return Err(self.err(redb::Error::PreviousIo));
         }
-        Ok(r)
+        Ok(Db(r))
     }
 
     fn err(&self, e: impl Into<redb::Error>) -> StoreError {
@@ -124,7 +135,6 @@ impl Store {
 
     pub fn tasks<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
         let db = self.db()?;
-        let db = db.as_ref().expect("db() checked it is open");
         let tx = db.begin_read().map_err(|e| self.err(e))?;
         let table = tx.open_table(TASKS).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
@@ -153,7 +163,6 @@ impl Store {
 
     pub fn remove_task(&self, task_arn: &str) -> Result<(), StoreError> {
         let db = self.db()?;
-        let db = db.as_ref().expect("db() checked it is open");
         let tx = db.begin_write().map_err(|e| self.err(e))?;
         tx.open_table(TASKS)
             .map_err(|e| self.err(e))?
@@ -168,7 +177,6 @@ impl Store {
         key: &str,
     ) -> Result<Option<T>, StoreError> {
         let db = self.db()?;
-        let db = db.as_ref().expect("db() checked it is open");
         let tx = db.begin_read().map_err(|e| self.err(e))?;
         let t = tx.open_table(table).map_err(|e| self.err(e))?;
         match t.get(key).map_err(|e| self.err(e))? {
@@ -190,7 +198,6 @@ impl Store {
             source,
         })?;
         let db = self.db()?;
-        let db = db.as_ref().expect("db() checked it is open");
         let mut tx = db.begin_write().map_err(|e| self.err(e))?;
         tx.set_durability(durability);
         tx.open_table(table)
