@@ -6,8 +6,12 @@
 //! `skerry/insecure-registries`. Booted with `scripts/qemu-run` (TCG), the console must show
 //! the partitions mounted, every container module loaded, containerd serving and the agent
 //! running; logged in on the serial console, the guest runs runc and legacy iptables and
-//! reaches the host's loopback as 10.0.2.2. Then, through the hub:
-//! - the device registers and is connected in `ListContainerInstances`;
+//! reaches the host's loopback as 10.0.2.2. The first boot has no network at all (the NIC's
+//! link is off from power-on): the card's bootstrap document (`skerry image bootstrap`)
+//! runs its task from an arm64 image preloaded on the card (`skerry image preload`) under
+//! a name no registry serves. Then, with the link on, through the hub:
+//! - the device registers and is connected in `ListContainerInstances`, and the hub takes
+//!   the bootstrap task on (its task definition is the hub's);
 //! - RunTask of an arm64 busybox task reaches RUNNING on it;
 //! - with the link cut through the QEMU monitor (`set_link n0 off`) a container crashes and
 //!   is restarted by its `restartPolicy`; the hub hears nothing until the link is back, then
@@ -23,28 +27,24 @@
 //! `scripts/build-agent aarch64` builds it; the hub and the CLI from $SKERRY_HUB_BIN and
 //! $SKERRY_CLI_BIN, else next to this test.
 
-use std::collections::HashMap;
+mod stack;
+
 use std::io::{BufReader, Read, Write};
 use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use stack::{repo, Stack};
+
 /// The guest's boot, from QEMU's start to the agent running, under TCG on a busy
 /// two-core machine.
 const BOOT: Duration = Duration::from_secs(240);
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ sits in the repository")
-        .to_path_buf()
-}
 
 /// QEMU in its own process group, ended with the group when the test ends.
 struct Guest(Child);
@@ -210,154 +210,14 @@ impl Console {
     }
 }
 
-/// A workspace binary: from `var` when set (scripts/test sets them), else next to this test.
-fn binary(var: &str, name: &str) -> PathBuf {
-    if let Ok(p) = std::env::var(var) {
-        return p.into();
+/// The first container instance of the default cluster, described.
+fn first_instance(hub: &Stack) -> Option<Value> {
+    // The cluster comes with the first device that registers in it.
+    let clusters = hub.aws(&["ecs", "list-clusters"]);
+    if !clusters.to_string().contains(":cluster/default\"") {
+        return None;
     }
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable in target/debug/deps");
-    let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: build it (`cargo build -p skerry-hub -p skerry-cli`) or set {var}",
-        p.display()
-    );
-    p
-}
-
-/// The hub and its broker on the host's loopback, advertised to the guest as 10.0.2.2.
-struct Hub {
-    dir: PathBuf,
-    env: HashMap<String, String>,
-}
-
-impl Hub {
-    fn up(dir: &Path) -> Hub {
-        let out = Command::new(repo().join("scripts/hub-up"))
-            .arg(dir)
-            .env("SKERRY_HUB_BIN", binary("SKERRY_HUB_BIN", "skerry-hub"))
-            .env("HUB_ADVERTISE_HOST", "10.0.2.2")
-            .output()
-            .expect("run scripts/hub-up");
-        assert!(
-            out.status.success(),
-            "hub-up failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = std::fs::read_to_string(dir.join("env")).expect("hub-up writes DIR/env");
-        let env = text
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("export "))
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Hub {
-            dir: dir.to_path_buf(),
-            env,
-        }
-    }
-
-    fn command(&self, program: &Path) -> Command {
-        let mut cmd = Command::new(program);
-        cmd.envs(&self.env)
-            .env("AWS_CONFIG_FILE", self.dir.join("no-aws-config"))
-            .env(
-                "AWS_SHARED_CREDENTIALS_FILE",
-                self.dir.join("no-aws-credentials"),
-            )
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_MAX_ATTEMPTS", "1")
-            .env_remove("AWS_PROFILE");
-        cmd
-    }
-
-    fn aws(&self, args: &[&str]) -> Value {
-        let out = self
-            .command(Path::new("aws"))
-            .args(["--output", "json"])
-            .args(args)
-            .output()
-            .expect("run the aws CLI");
-        assert!(
-            out.status.success(),
-            "aws {args:?} failed: {}\nhub log:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.log()
-        );
-        if out.stdout.iter().all(u8::is_ascii_whitespace) {
-            return Value::Null;
-        }
-        serde_json::from_slice(&out.stdout).expect("aws prints JSON")
-    }
-
-    fn skerry(&self, args: &[&str]) -> Output {
-        let out = self
-            .command(&binary("SKERRY_CLI_BIN", "skerry"))
-            .args(args)
-            .output()
-            .expect("run skerry");
-        assert!(
-            out.status.success(),
-            "skerry {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn log(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.join("hub.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-
-    fn instance(&self) -> Option<Value> {
-        let arns = self.aws(&["ecs", "list-container-instances", "--cluster", "default"]);
-        let arn = arns["containerInstanceArns"][0].as_str()?.to_string();
-        let out = self.aws(&[
-            "ecs",
-            "describe-container-instances",
-            "--cluster",
-            "default",
-            "--container-instances",
-            &arn,
-        ]);
-        Some(out["containerInstances"][0].clone())
-    }
-
-    fn task(&self, arn: &str) -> Value {
-        let out = self.aws(&[
-            "ecs",
-            "describe-tasks",
-            "--cluster",
-            "default",
-            "--tasks",
-            arn,
-        ]);
-        out["tasks"][0].clone()
-    }
-
-    /// The device's events as the hub stored them, in the hub's order.
-    fn events(&self, instance: &str) -> Vec<Value> {
-        let out = self.skerry(&["events", "--instance", instance, "--json"]);
-        serde_json::from_slice(&out.stdout).expect("skerry events prints JSON")
-    }
-
-    fn down(&self) {
-        let _ = Command::new(repo().join("scripts/hub-down"))
-            .arg(&self.dir)
-            .status();
-    }
-}
-
-impl Drop for Hub {
-    fn drop(&mut self) {
-        self.down();
-    }
+    hub.instances().into_iter().next()
 }
 
 /// Polls `probe` every 2 s until it returns Some.
@@ -420,9 +280,19 @@ fn assert_device_order(events: &[Value]) {
     assert!(bad.is_empty(), "messages lost: {bad:#?}");
 }
 
-/// On the guest: the task and both its containers RUNNING, as the agent says.
-const ALL_RUNNING: &str =
-    "[ \"$(skerry-agent ps --config /etc/skerry/agent.toml | grep -c ' RUNNING ')\" -ge 3 ]";
+/// On the guest: `task` (its id) and each of `containers` RUNNING, as the agent says.
+fn all_running(task: &str, containers: &[&str]) -> String {
+    let ps = "skerry-agent ps --config /etc/skerry/agent.toml";
+    let mut cond = format!("{ps} | grep -Eq '^{task} +RUNNING '");
+    // A task's containers are the lines right under it.
+    let n = containers.len();
+    for c in containers {
+        cond.push_str(&format!(
+            " && {ps} | grep -A{n} -E '^{task} ' | grep -Eq '^  {c} +RUNNING '"
+        ));
+    }
+    cond
+}
 
 #[test]
 fn qemu_device_registers_runs_tasks_and_survives_link_loss_and_reboot() {
@@ -433,7 +303,10 @@ fn qemu_device_registers_runs_tasks_and_survives_link_loss_and_reboot() {
         .map(|(_, p)| p.to_string())
         .expect("SKERRY_TEST_REGISTRY is host:port");
     let dir = tempfile::tempdir().expect("tempdir");
-    let hub = Hub::up(&dir.path().join("hub"));
+    let hub = Stack::up(
+        &dir.path().join("hub"),
+        &[("HUB_ADVERTISE_HOST", "10.0.2.2")],
+    );
 
     let out = dir.path().join("out");
     let mut build = Command::new(repo().join("scripts/image-build"));
@@ -454,21 +327,8 @@ fn qemu_device_registers_runs_tasks_and_survives_link_loss_and_reboot() {
     let provision = dir.path().join("provision.toml");
     let hub_url = hub.env["SKERRY_REGISTRATION_URL"].clone();
     assert!(hub_url.starts_with("https://10.0.2.2:"), "{hub_url}");
-    hub.skerry(&[
-        "activation",
-        "create",
-        "--cluster",
-        "default",
-        "--limit",
-        "1",
-        "--expires",
-        "1h",
-        "--hub-url",
-        &hub_url,
-        "-o",
-        provision.to_str().expect("utf-8 path"),
-    ]);
-    hub.skerry(&[
+    hub.activation(1, &provision, &["--hub-url", &hub_url]);
+    hub.skerry_ok(&[
         "image",
         "provision",
         img.to_str().expect("utf-8 path"),
@@ -486,6 +346,71 @@ fn qemu_device_registers_runs_tasks_and_survives_link_loss_and_reboot() {
         .and_then(|()| boot.put(&ntp, "skerry/ntp-servers"))
         .expect("write the card's settings");
 
+    // For the first boot, which has no network: an arm64 image on the card under a name
+    // no registry serves, and a bootstrap document with a task of it. The task definition
+    // is registered with the hub first, as an owner would, so that the hub takes the task
+    // on when the device reaches it.
+    let boot_image = "preloaded.invalid/skerry/boot:1";
+    let archive = dir.path().join("boot.tar");
+    let out = Command::new("skopeo")
+        .args(["copy", "--quiet", "--src-tls-verify=false"])
+        .args(["--override-arch", "arm64", "--override-os", "linux"])
+        .arg(format!("docker://{registry}/busybox:latest"))
+        .arg(format!("oci-archive:{}:{boot_image}", archive.display()))
+        .output()
+        .expect("run skopeo");
+    assert!(
+        out.status.success(),
+        "skopeo copy of the arm64 busybox: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let boot_def = json!({
+        "family": "boot",
+        "requiresCompatibilities": ["EXTERNAL"],
+        "networkMode": "none",
+        "memory": "32",
+        "cpu": "128",
+        "containerDefinitions": [{"name": "main", "image": boot_image, "essential": true,
+            "command": ["sh", "-c", "echo booted offline; exec sleep 1000000"]}]
+    });
+    let boot_def_file = dir.path().join("boot-taskdef.json");
+    std::fs::write(&boot_def_file, boot_def.to_string()).expect("write");
+    let registered = hub.aws(&[
+        "ecs",
+        "register-task-definition",
+        "--cli-input-json",
+        &format!("file://{}", boot_def_file.display()),
+    ]);
+    let boot_def_arn = registered["taskDefinition"]["taskDefinitionArn"]
+        .as_str()
+        .expect("taskDefinitionArn")
+        .to_string();
+    let (prefix, _) = boot_def_arn
+        .split_once(":task-definition/")
+        .expect("a task definition ARN");
+    let boot_id = "bootstrap-main";
+    let boot_arn = format!("{prefix}:task/default/{boot_id}");
+    let bootstrap = json!({"generation": 0, "tasks": [{
+        "taskArn": boot_arn,
+        "taskDefinition": registered["taskDefinition"],
+        "desiredStatus": "RUNNING"}]});
+    let bootstrap_file = dir.path().join("bootstrap.json");
+    std::fs::write(&bootstrap_file, bootstrap.to_string()).expect("write");
+    let img_arg = img.to_str().expect("utf-8 path");
+    hub.skerry_ok(&[
+        "image",
+        "preload",
+        img_arg,
+        archive.to_str().expect("utf-8 path"),
+    ]);
+    hub.skerry_ok(&[
+        "image",
+        "bootstrap",
+        img_arg,
+        "--file",
+        bootstrap_file.to_str().expect("utf-8 path"),
+    ]);
+
     let log = dir.path().join("console.log");
     let sock = dir.path().join("monitor.sock");
     let console_sock = dir.path().join("console.sock");
@@ -497,12 +422,26 @@ fn qemu_device_registers_runs_tasks_and_survives_link_loss_and_reboot() {
         .arg("--monitor")
         .arg(&sock)
         .arg(&img)
+        // Stopped before the first instruction, so that the link is off from power-on.
+        .args(["--", "-S"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .process_group(0)
         .spawn()
         .expect("run scripts/qemu-run");
     let mut guest = Guest(child);
+    let up = Instant::now();
+    while UnixStream::connect(&sock).is_err() {
+        assert!(
+            up.elapsed() < Duration::from_secs(30),
+            "no QEMU monitor at {}",
+            sock.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let answer = monitor(&sock, "set_link n0 off");
+    assert!(!answer.contains("not found"), "set_link n0 off: {answer}");
+    monitor(&sock, "cont");
 
     let wanted = [
         "Run /init as init process",
@@ -543,6 +482,30 @@ fn qemu_device_registers_runs_tasks_and_survives_link_loss_and_reboot() {
 
     let mut con = Console::connect(&console_sock);
     con.login(Duration::from_secs(60));
+    // The first boot, with no network at all: the bootstrap task runs from the image
+    // preloaded on the card (no registry could serve it, and none is reachable).
+    con.until(&all_running(boot_id, &["main"]), Duration::from_secs(180));
+    eprintln!("bootstrap task RUNNING offline after {:?}", start.elapsed());
+    con.until(
+        &format!("skerry-agent logs --config /etc/skerry/agent.toml {boot_id} main | grep -q '^booted offline'"),
+        Duration::from_secs(30),
+    );
+    con.until(
+        "{ logread; cat /data/log/messages; } 2>/dev/null | grep -q 'preloaded images imported'",
+        Duration::from_secs(30),
+    );
+    let out = con.run("ip link show eth0");
+    assert!(
+        out.contains("NO-CARRIER") || out.contains("state DOWN"),
+        "the link is up on the first boot: {out}"
+    );
+    assert!(
+        first_instance(&hub).is_none(),
+        "the device registered with its link off"
+    );
+    let answer = monitor(&sock, "set_link n0 on");
+    assert!(!answer.contains("not found"), "set_link n0 on: {answer}");
+
     // The provisioning file, where the agent's configuration says it is.
     let out = con.run("cat /boot/skerry/provision.toml");
     assert!(out.contains(&format!("hub_url = \"{hub_url}\"")), "{out}");
@@ -562,7 +525,7 @@ fn qemu_device_registers_runs_tasks_and_survives_link_loss_and_reboot() {
         }
     });
     let out = con.run(&format!(
-        "for i in 1 2 3 4 5 6 7 8 9 10; do nc 10.0.2.2 {nc_port} </dev/null | grep hello && break; sleep 1; done"
+        "for i in $(seq 40); do nc 10.0.2.2 {nc_port} </dev/null | grep hello && break; sleep 1; done"
     ));
     assert!(out.contains("hello-from-the-host"), "{out}");
     // The guest's NIC is n0 for the monitor (a name QEMU does not know is refused).
@@ -575,16 +538,25 @@ fn qemu_device_registers_runs_tasks_and_survives_link_loss_and_reboot() {
     let instance = wait(
         "the device connected in ListContainerInstances",
         Duration::from_secs(180),
-        || {
-            hub.instance()
-                .filter(|i| i["agentConnected"] == true && i["status"] == "ACTIVE")
-        },
+        || first_instance(&hub).filter(|i| i["agentConnected"] == true && i["status"] == "ACTIVE"),
     );
     let id = instance["ec2InstanceId"]
         .as_str()
         .expect("ec2InstanceId")
         .to_string();
     eprintln!("{id} connected after {:?}", start.elapsed());
+    // The hub took the bootstrap task on: wanted RUNNING, of its definition, on this device.
+    let boot = wait(
+        "the bootstrap task at the hub",
+        Duration::from_secs(120),
+        || Some(hub.task(&boot_arn)).filter(|t| t["lastStatus"] == "RUNNING"),
+    );
+    assert_eq!(boot["desiredStatus"], "RUNNING", "{boot:#}");
+    assert_eq!(boot["taskDefinitionArn"], boot_def_arn.as_str(), "{boot:#}");
+    assert_eq!(
+        boot["containerInstanceArn"], instance["containerInstanceArn"],
+        "{boot:#}"
+    );
     // The agent scrubbed the activation code once registered.
     let out = con.run("cat /boot/skerry/provision.toml");
     assert!(!out.contains("activation_code ="), "{out}");
@@ -639,6 +611,8 @@ fn qemu_device_registers_runs_tasks_and_survives_link_loss_and_reboot() {
         instance["containerInstanceArn"]
     );
     eprintln!("task RUNNING after {:?}", start.elapsed());
+    let task_id = task_arn.rsplit('/').next().expect("a task id").to_string();
+    let e2e_running = all_running(&task_id, &["app", "crasher"]);
 
     // The link cut: the container crashes and is restarted on the device alone.
     let before = hub.events(&id);
@@ -655,7 +629,7 @@ fn qemu_device_registers_runs_tasks_and_survives_link_loss_and_reboot() {
         "{ logread; cat /data/log/messages; } 2>/dev/null | grep -q 'restarting container'",
         Duration::from_secs(120),
     );
-    con.until(ALL_RUNNING, Duration::from_secs(60));
+    con.until(&e2e_running, Duration::from_secs(60));
     // Nothing of it reached the hub while the link was down.
     let during = hub.events(&id);
     assert!(
@@ -690,7 +664,7 @@ fn qemu_device_registers_runs_tasks_and_survives_link_loss_and_reboot() {
     wait(
         "the device connected again",
         Duration::from_secs(120),
-        || hub.instance().filter(|i| i["agentConnected"] == true),
+        || first_instance(&hub).filter(|i| i["agentConnected"] == true),
     );
 
     // A clean reboot with the link down: the task comes back without the hub.
@@ -701,7 +675,8 @@ fn qemu_device_registers_runs_tasks_and_survives_link_loss_and_reboot() {
     con.wait_for("Run /init as init process", BOOT);
     let rebooted = Instant::now();
     con.login(BOOT);
-    con.until(ALL_RUNNING, Duration::from_secs(180));
+    con.until(&e2e_running, Duration::from_secs(180));
+    con.until(&all_running(boot_id, &["main"]), Duration::from_secs(60));
     eprintln!("task back after the reboot in {:?}", rebooted.elapsed());
     let ps = con.run("skerry-agent ps --config /etc/skerry/agent.toml");
     assert!(ps.contains("  app ") && ps.contains("  crasher "), "{ps}");
@@ -717,7 +692,7 @@ fn qemu_device_registers_runs_tasks_and_survives_link_loss_and_reboot() {
         "the hub hearing from the rebooted device",
         Duration::from_secs(180),
         || {
-            let i = hub.instance()?;
+            let i = first_instance(&hub)?;
             let ev = hub.events(&id);
             (i["agentConnected"] == true && ev.iter().filter_map(seq).max() > high).then_some(())
         },
@@ -730,6 +705,8 @@ fn qemu_device_registers_runs_tasks_and_survives_link_loss_and_reboot() {
             .is_some_and(|c| c.iter().all(|c| c["lastStatus"] == "RUNNING")),
         "{task:#}"
     );
+    let boot = hub.task(&boot_arn);
+    assert_eq!(boot["lastStatus"], "RUNNING", "{boot:#}");
     assert_device_order(&hub.events(&id));
     eprintln!("the whole story took {:?}", start.elapsed());
     drop(guest);
