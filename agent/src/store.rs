@@ -16,6 +16,10 @@ const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 const DESIRED_KEY: &str = "desired";
 /// How long opening waits for another holder of the file's lock to let go.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// redb's page cache (default 1 GiB) keeps every page it reads or writes, so it grows with
+/// the file, and a new database keeps the ~0.5 MiB of allocator pages it writes at creation.
+/// The records are a few KiB per task, read once at start; commits need only a B-tree path.
+const CACHE_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -75,7 +79,7 @@ impl Store {
         };
         let deadline = std::time::Instant::now() + LOCK_WAIT;
         let db = loop {
-            match Database::create(path) {
+            match Database::builder().set_cache_size(CACHE_BYTES).create(path) {
                 // A process killed while spawning a child (a CNI plugin) leaves the child
                 // holding the file's lock until it has exec'ed: wait that out.
                 Err(redb::DatabaseError::DatabaseAlreadyOpen)

@@ -25,9 +25,11 @@ SKERRY_AGENT_CARGO_BUILD_OPTS = -p skerry-agent --bin skerry-agent
 # The agent is bind-mounted into containers as their init and runs as their log
 # driver, so it links its C library in statically (the default of Rust's musl
 # targets, asked for explicitly here). ring's C code is built with the
-# target's compiler.
+# target's compiler. opt-level "z" as scripts/build-agent builds it: the code
+# pages are most of the agent's resident memory.
 SKERRY_AGENT_CARGO_ENV = \
 	PROTOC=$(HOST_DIR)/bin/protoc \
+	CARGO_PROFILE_RELEASE_OPT_LEVEL=z \
 	CC_$(subst -,_,$(RUSTC_TARGET_NAME))="$(TARGET_CC)" \
 	CARGO_TARGET_$(call UPPERCASE,$(RUSTC_TARGET_NAME))_RUSTFLAGS="-C target-feature=+crt-static"
 
