@@ -9,7 +9,7 @@
 //! then the lowest instance id. An instance whose agent is disconnected keeps its tasks and
 //! stays a candidate: a device offline still runs what it was given.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -331,24 +331,26 @@ pub fn plan_replica(
 }
 
 /// A DAEMON service: one task of the current deployment on each of `instances`; older
-/// deployments' tasks stop at once (ECS's daemon default of 0% minimum healthy).
+/// deployments' tasks stop at once (ECS's daemon default of 0% minimum healthy). Linear in
+/// instances and tasks: the service loop runs it every tick for the whole fleet.
 pub fn plan_daemon(instances: &[String], tasks: &[ServiceTask]) -> Plan {
     let mut plan = Plan::default();
+    let wanted: HashSet<&str> = instances.iter().map(String::as_str).collect();
+    let mut here: HashMap<&str, Vec<&ServiceTask>> = HashMap::new();
     for t in tasks {
-        if !t.current || !instances.contains(&t.instance_id) {
+        if !t.current || !wanted.contains(t.instance_id.as_str()) {
             plan.stop.push(t.arn.clone());
+        }
+        if t.current {
+            here.entry(t.instance_id.as_str()).or_default().push(t);
         }
     }
     for id in instances {
-        let here: Vec<&ServiceTask> = tasks
-            .iter()
-            .filter(|t| t.current && &t.instance_id == id)
-            .collect();
-        match here.len() {
-            0 => plan.start_on.push(id.clone()),
-            n => plan
+        match here.get(id.as_str()).map(Vec::as_slice).unwrap_or_default() {
+            [] => plan.start_on.push(id.clone()),
+            [_, surplus @ ..] => plan
                 .stop
-                .extend(here.iter().rev().take(n - 1).map(|t| t.arn.clone())),
+                .extend(surplus.iter().rev().map(|t| t.arn.clone())),
         }
     }
     plan
@@ -536,6 +538,46 @@ pub fn run_tasks(
     Ok(out)
 }
 
+/// Places and stores one task of `spec` on each of `instances` (a DAEMON service's), from
+/// one read of the cluster's load: asking per instance made a fleet-wide change a query
+/// per instance. For each, what [`run_tasks`] with `count` 1 and `only` that instance gives.
+pub fn run_tasks_on(
+    tx: &mut Txn<'_>,
+    api: &Api,
+    spec: &TaskSpec,
+    instances: &[String],
+    now: f64,
+) -> Result<Vec<Result<Placed, SchedError>>, SchedError> {
+    let loads = tx.placement_loads(&spec.cluster, &spec.group, None)?;
+    let by_id: HashMap<&str, &InstanceLoad> = loads.iter().map(|l| (l.id.as_str(), l)).collect();
+    let demand = Demand::of(&spec.definition);
+    let mut out = Vec::with_capacity(instances.len());
+    for id in instances {
+        let Some(load) = by_id.get(id.as_str()) else {
+            out.push(Err(SchedError::NoInstances {
+                cluster: spec.cluster.clone(),
+            }));
+            continue;
+        };
+        let mut candidates = [Candidate::from(*load)];
+        let mut placed = Placed::default();
+        match place(&mut candidates, &demand, 1).remove(0) {
+            Ok(_) => {
+                let mut row = new_task(api, spec, &candidates[0], now);
+                tx.save_task(None, &mut row, now)?;
+                placed.tasks.push(row);
+            }
+            Err(u) => placed.failures.push(Failure {
+                arn: candidates[0].arn.clone(),
+                shortage: u.shortage,
+                detail: shortage_detail(&u, &candidates, &demand),
+            }),
+        }
+        out.push(Ok(placed));
+    }
+    Ok(out)
+}
+
 /// Sets a task's desired status to STOPPED (once: a second stop keeps the first reason).
 pub fn stop_task(
     tx: &mut Txn<'_>,
@@ -611,14 +653,14 @@ pub fn reconcile_service(
         }
         _ => return Ok(out),
     }
-    let live = tx.live_service_tasks(s.id)?;
-    let tasks: Vec<ServiceTask> = live
-        .iter()
+    let tasks: Vec<ServiceTask> = tx
+        .live_service_task_states(s.id)?
+        .into_iter()
         .map(|t| ServiceTask {
-            arn: t.arn.clone(),
-            instance_id: t.instance_id.clone(),
             current: t.started_by.as_deref() == Some(s.deployment_id.as_str()),
             running: t.last_status == TaskStatus::Running,
+            arn: t.arn,
+            instance_id: t.instance_id,
         })
         .collect();
     let daemon = s.scheduling_strategy == "DAEMON";
@@ -633,8 +675,8 @@ pub fn reconcile_service(
         )
     };
     for arn in &plan.stop {
-        if let Some(t) = live.iter().find(|t| &t.arn == arn) {
-            stop_task(tx, t, &reason, code, now)?;
+        if let Some(t) = tx.task(arn)?.filter(TaskRow::is_live) {
+            stop_task(tx, &t, &reason, code, now)?;
             out.stopped.push(arn.clone());
         }
     }
@@ -653,13 +695,15 @@ pub fn reconcile_service(
                     client_token: None,
                     tags: Value::Array(Vec::new()),
                 };
-                let mut batches: Vec<(usize, Option<&str>)> = Vec::new();
+                let mut batches: Vec<Result<Placed, SchedError>> = Vec::new();
                 if plan.start > 0 {
-                    batches.push((plan.start, None));
+                    batches.push(run_tasks(tx, api, &spec, plan.start, None, now));
                 }
-                batches.extend(plan.start_on.iter().map(|i| (1, Some(i.as_str()))));
-                for (count, only) in batches {
-                    match run_tasks(tx, api, &spec, count, only, now) {
+                if !plan.start_on.is_empty() {
+                    batches.extend(run_tasks_on(tx, api, &spec, &plan.start_on, now)?);
+                }
+                for placed in batches {
+                    match placed {
                         Ok(placed) => {
                             out.started.extend(placed.tasks.into_iter().map(|t| t.arn));
                             if let Some(f) = placed.failures.first() {
@@ -1274,6 +1318,57 @@ pub(crate) mod tests {
             doc.task(&stopped.arn).map(|t| t.desired_status),
             Some(DesiredStatus::Stopped)
         );
+    }
+
+    #[test]
+    fn a_daemon_service_starts_on_every_instance_with_room_and_names_the_one_without() {
+        let hub = hub();
+        for n in 1..=4 {
+            add_instance(&hub, n, 4096, if n == 3 { 32 } else { 4096 });
+        }
+        register(&hub, web(64));
+        let id = add_service(&hub, "agent", 0, "DAEMON");
+        let first = pass(&hub, id, 2.0);
+        let mut on: Vec<String> = first
+            .started
+            .iter()
+            .map(|arn| {
+                hub.api
+                    .store
+                    .task(arn)
+                    .expect("get")
+                    .expect("task")
+                    .instance_id
+            })
+            .collect();
+        on.sort();
+        assert_eq!(on, [instance_id(1), instance_id(2), instance_id(4)]);
+        let said = hub
+            .api
+            .store
+            .service_events(id, 1)
+            .expect("events")
+            .pop()
+            .expect("an event")
+            .message;
+        assert!(
+            said.contains(&format!("{:032x}", 3)) && said.contains("insufficient memory"),
+            "{said}"
+        );
+        // Each instance's document changed once, the full one's not at all.
+        let generation = |n| {
+            hub.api
+                .store
+                .link_state(&instance_id(n))
+                .expect("l")
+                .expect("i")
+                .generation
+        };
+        assert_eq!(
+            [generation(1), generation(2), generation(3), generation(4)],
+            [1, 1, 0, 1]
+        );
+        assert!(pass(&hub, id, 3.0).started.is_empty());
     }
 
     #[test]
