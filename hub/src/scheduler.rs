@@ -22,13 +22,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::Api;
 use crate::fleet::Fleet;
-use crate::store::{InstanceLoad, ServiceRow, StoreError, TaskRow, Txn};
+use crate::store::{InstanceLoad, ServiceRow, StartFailures, StoreError, TaskRow, Txn};
 
 /// How often the service loop looks at every service even when nothing poked it.
 pub const SERVICE_TICK: Duration = Duration::from_secs(1);
 /// Stopped tasks stay visible this long, as in ECS.
 pub const STOPPED_TASK_RETENTION: Duration = Duration::from_secs(3600);
 const RETENTION_SWEEP: Duration = Duration::from_secs(60);
+/// A service whose task failed to start waits this long before placing the next one, twice
+/// as long after each further failure in a row, up to [`THROTTLE_MAX`]; a task of it that
+/// reaches RUNNING resets the count. An image that does not exist would otherwise have
+/// the service place a task every tick, for ever.
+pub const THROTTLE_BASE: Duration = Duration::from_secs(10);
+pub const THROTTLE_MAX: Duration = Duration::from_secs(15 * 60);
 /// Task ids are 32 hex digits, as in ECS.
 const TASK_ID_BYTES: usize = 16;
 
@@ -356,6 +362,17 @@ pub fn plan_daemon(instances: &[String], tasks: &[ServiceTask]) -> Plan {
     plan
 }
 
+/// How long a service waits after its latest task that failed to start, with `failures`
+/// of them in a row.
+pub fn throttle_delay(failures: u32) -> Duration {
+    match failures {
+        0 => Duration::ZERO,
+        n => THROTTLE_BASE
+            .saturating_mul(1u32.checked_shl(n - 1).unwrap_or(u32::MAX))
+            .min(THROTTLE_MAX),
+    }
+}
+
 /// What a new task is made from.
 #[derive(Debug, Clone)]
 pub struct TaskSpec {
@@ -681,7 +698,26 @@ pub fn reconcile_service(
         }
     }
     let mut unplaced: Option<String> = None;
-    if plan.start > 0 || !plan.start_on.is_empty() {
+    let starting = plan.start > 0 || !plan.start_on.is_empty();
+    let failures = if starting {
+        tx.start_failures(s.id)?
+    } else {
+        StartFailures::default()
+    };
+    let wait = throttle_delay(failures.count);
+    if failures
+        .last_at
+        .is_some_and(|at| now < at + wait.as_secs_f64())
+    {
+        // The same words while the wait lasts, so the event is said once.
+        unplaced = Some(format!(
+            "(service {}) is unable to consistently start tasks successfully: {} tasks in a \
+             row failed to start; the next one is placed {} s after the last failure.",
+            s.name,
+            failures.count,
+            wait.as_secs()
+        ));
+    } else if starting {
         match load_definition(tx, &s.family, Some(s.revision)) {
             Ok(Some((_, definition))) => {
                 let spec = TaskSpec {
@@ -1369,6 +1405,64 @@ pub(crate) mod tests {
             [1, 1, 0, 1]
         );
         assert!(pass(&hub, id, 3.0).started.is_empty());
+    }
+
+    /// Marks the service task `arn` STOPPED at hub time `at`, as a device's report does.
+    fn stopped(hub: &Hub, arn: &str, code: &str, ran: bool, at: f64) {
+        hub.fleet
+            .write(&hub.api.store, |tx| -> Result<(), StoreError> {
+                let t = tx.task(arn)?.expect("task");
+                let mut m = t.clone();
+                m.last_status = TaskStatus::Stopped;
+                m.desired_status = DesiredStatus::Stopped;
+                m.stop_code = Some(code.into());
+                m.started_at = ran.then_some(at - 1.0);
+                m.stopped_at = Some(at);
+                tx.save_task(Some(&t), &mut m, at)
+            })
+            .expect("stop");
+    }
+
+    #[test]
+    fn a_service_whose_tasks_fail_to_start_waits_longer_each_time() {
+        let hub = hub();
+        add_instance(&hub, 1, 4096, 4096);
+        register(&hub, web(64));
+        let id = add_service(&hub, "site", 1, "REPLICA");
+        let first = pass(&hub, id, 10.0).started;
+        assert_eq!(first.len(), 1);
+        stopped(&hub, &first[0], "TaskFailedToStart", false, 11.0);
+        // One failure: 10 s from it.
+        assert!(pass(&hub, id, 11.5).started.is_empty(), "placed at once");
+        let said = hub.api.store.service_events(id, 1).expect("events")[0]
+            .message
+            .clone();
+        assert!(
+            said.contains("unable to consistently start tasks") && said.contains("10 s"),
+            "{said}"
+        );
+        assert!(pass(&hub, id, 20.5).started.is_empty());
+        let times = hub
+            .api
+            .store
+            .service_events(id, 10)
+            .expect("events")
+            .iter()
+            .filter(|e| e.message == said)
+            .count();
+        assert_eq!(times, 1, "said once, not every tick");
+        let second = pass(&hub, id, 21.0).started;
+        assert_eq!(second.len(), 1);
+        // Two in a row: 20 s.
+        stopped(&hub, &second[0], "TaskFailedToStart", false, 22.0);
+        assert!(pass(&hub, id, 41.5).started.is_empty());
+        let third = pass(&hub, id, 42.0).started;
+        assert_eq!(third.len(), 1);
+        // A task that ran resets the count: its replacement is placed at once.
+        stopped(&hub, &third[0], "EssentialContainerExited", true, 50.0);
+        assert_eq!(pass(&hub, id, 50.1).started.len(), 1);
+        assert_eq!(throttle_delay(3), Duration::from_secs(40));
+        assert_eq!(throttle_delay(40), THROTTLE_MAX);
     }
 
     #[test]

@@ -181,7 +181,7 @@ mod tasks;
 pub use events::{DeviceEvent, ServiceEvent};
 pub use fleet::{DocumentParts, DocumentRow, InstanceLoad, LinkState};
 pub use instances::{ContainerInstance, NewInstance, RegisterOutcome};
-pub use services::{DeploymentCounts, ServiceRow};
+pub use services::{DeploymentCounts, ServiceRow, StartFailures};
 pub use tasks::{
     desired_status_name, health_status_name, task_status_name, LiveServiceTask, TaskFilter,
     TaskRow, Txn, Written,
