@@ -13,7 +13,9 @@
 //!   transaction ([`Fleet::ingest_batch`]) and acks each message of it after the commit: a
 //!   fleet answering at once costs a commit per batch, not per message.
 //! - Documents go out in batches of [`DOCUMENT_BATCH`], built from one store snapshot off
-//!   the async runtime, then queued for the event loop without waiting for the broker.
+//!   the async runtime, then queued for the event loop without waiting for the broker, at
+//!   most [`DOCUMENTS_IN_FLIGHT`] not yet acked by it, so the worker's acks always find room
+//!   in the event loop's request queue.
 //! - Reconnects back off exponentially with jitter up to [`MAX_BACKOFF`].
 
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use skerry_proto::link::{self, Channel, Envelope, Presence};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -37,6 +40,13 @@ const MIN_BACKOFF: Duration = Duration::from_millis(200);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Requests queued for the event loop; publishers wait beyond it.
 const REQUESTS: usize = 1024;
+/// Documents queued or in flight to the broker at most: the rest of [`REQUESTS`] is kept
+/// for acks. The worker's acks share the queue with the publisher's documents; were it full
+/// of documents, an ack would wait on the event loop while the event loop waits on the
+/// worker to take the next device message, and the link would stop (it did at 10,000
+/// devices).
+const DOCUMENTS_IN_FLIGHT: usize = REQUESTS / 2;
+const _: () = assert!(DOCUMENTS_IN_FLIGHT + INGEST_BATCH < REQUESTS);
 /// Device messages between the event loop and the worker that applies them.
 pub const WORK_QUEUE: usize = 1024;
 /// What `broker-config` sets as the broker's `max_inflight_messages`: below [`WORK_QUEUE`].
@@ -99,13 +109,23 @@ impl Link {
     /// Runs until `shutdown`: the event loop (device messages in) and the publisher
     /// (documents out).
     pub async fn run(self, api: Arc<Api>, fleet: Arc<Fleet>, shutdown: CancellationToken) {
+        let window = Arc::new(Semaphore::new(DOCUMENTS_IN_FLIGHT));
         let publisher = tokio::spawn(publish_documents(
             self.client.clone(),
             api.clone(),
             fleet.clone(),
+            window.clone(),
             shutdown.clone(),
         ));
-        receive(self.client.clone(), self.events, api, fleet, shutdown).await;
+        receive(
+            self.client.clone(),
+            self.events,
+            api,
+            fleet,
+            window,
+            shutdown,
+        )
+        .await;
         let _ = self.client.try_disconnect();
         let _ = publisher.await;
     }
@@ -119,11 +139,19 @@ pub fn next_backoff(current: Duration) -> Duration {
     doubled.mul_f64(jitter)
 }
 
+/// Gives the publisher back `n` document slots, never holding more than
+/// [`DOCUMENTS_IN_FLIGHT`].
+fn release(window: &Semaphore, n: usize) {
+    let room = DOCUMENTS_IN_FLIGHT.saturating_sub(window.available_permits());
+    window.add_permits(n.min(room));
+}
+
 async fn receive(
     client: AsyncClient,
     mut events: EventLoop,
     api: Arc<Api>,
     fleet: Arc<Fleet>,
+    window: Arc<Semaphore>,
     shutdown: CancellationToken,
 ) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Publish>(WORK_QUEUE);
@@ -154,6 +182,8 @@ async fn receive(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff = Duration::ZERO;
+                // What was in flight is either resent (and acked) or gone with the session.
+                release(&window, DOCUMENTS_IN_FLIGHT);
                 info!(session = ack.session_present, "broker link up");
                 for filter in [link::UP_FILTER, link::PRESENCE_FILTER] {
                     // try_: awaiting here could wait on this very loop to drain requests.
@@ -167,6 +197,8 @@ async fn receive(
                     break;
                 }
             }
+            // Only the hub publishes with QoS 1: each PubAck is a document the broker has.
+            Ok(Event::Incoming(Packet::PubAck(_))) => release(&window, 1),
             Ok(_) => {}
             Err(e) => {
                 backoff = next_backoff(backoff);
@@ -267,6 +299,7 @@ async fn publish_documents(
     client: AsyncClient,
     api: Arc<Api>,
     fleet: Arc<Fleet>,
+    window: Arc<Semaphore>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -317,11 +350,19 @@ async fn publish_documents(
                 };
                 let topic = link::topic(instance, Channel::Desired);
                 debug!(%instance, generation, "publishing desired state");
-                // This waits only while the event loop's request queue is full.
+                // A slot comes back with the broker's PubAck (or the next connection).
+                tokio::select! {
+                    permit = window.acquire() => match permit {
+                        Ok(p) => p.forget(),
+                        Err(_) => return,
+                    },
+                    _ = shutdown.cancelled() => return,
+                }
                 tokio::select! {
                     r = client.publish(topic, QoS::AtLeastOnce, true, payload) => {
                         if let Err(e) = r {
                             warn!(%instance, error = %e, "cannot queue the desired-state document");
+                            release(&window, 1);
                             fleet.mark_dirty([instance.clone()]);
                         }
                     }
