@@ -7,17 +7,19 @@
 //! instances are marked dirty and the publisher is woken. The dirty set holds instance ids,
 //! so it is bounded by the number of instances however often they change.
 //!
-//! The publisher loops on [`Fleet::documents_changed`], then publishes, for each id
-//! [`Fleet::take_dirty`] returns, [`Fleet::desired_document`] retained (re-marking the id
-//! with [`Fleet::mark_dirty`] if the publish failed). Documents are read when published, so
-//! a burst of changes to one instance costs one publish of its latest document.
+//! The publisher loops on [`Fleet::documents_changed`], then publishes, for the ids
+//! [`Fleet::take_dirty`] returns, [`Fleet::desired_documents`] retained, a batch of ids per
+//! store read (re-marking an id with [`Fleet::mark_dirty`] if its publish failed). Documents
+//! are read when published, so a burst of changes to one instance costs one publish of its
+//! latest document.
 //!
 //! Device messages are deduplicated by sequence number: each instance's highest applied seq
 //! is stored with the changes it brought, so a replayed message changes nothing, even after
-//! a hub restart. Seqs a message skips that it does not account for (folded or dropped) are
+//! a hub restart. The link hands them over in batches ([`Fleet::ingest_batch`]): one
+//! transaction per batch, one savepoint per message. Seqs a message skips that it does not account for (folded or dropped) are
 //! logged as a gap, in the log and in the instance's events.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::RangeInclusive;
 use std::sync::Mutex;
 
@@ -31,8 +33,8 @@ use tokio::sync::Notify;
 use crate::api::Api;
 use crate::scheduler::{self, Demand};
 use crate::store::{
-    desired_status_name, health_status_name, task_status_name, DeviceEvent, LinkState, Store,
-    StoreError, TaskRow, Txn,
+    desired_status_name, health_status_name, task_status_name, DeviceEvent, DocumentParts,
+    LinkState, Store, StoreError, TaskRow, Txn,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -132,36 +134,27 @@ impl Fleet {
         let Some(parts) = api.store.document_rows(instance_id)? else {
             return Ok(None);
         };
-        let mut tasks = Vec::with_capacity(parts.tasks.len());
-        for r in parts.tasks {
-            let mut td = TaskDefinition::parse(&r.body).map_err(|e| FleetError::BadDocument {
-                instance: instance_id.to_string(),
-                message: format!(
-                    "task {}: task definition {}:{}: {e}",
-                    r.task_arn, r.family, r.revision
-                ),
-            })?;
-            td.task_definition_arn =
-                Some(scheduler::task_definition_arn(api, &r.family, r.revision));
-            td.revision = u32::try_from(r.revision).ok();
-            tasks.push(DesiredTask {
-                task_arn: r.task_arn,
-                task_definition: td,
-                desired_status: r.desired_status,
-                group: Some(r.group),
-            });
-        }
-        let doc = DesiredState {
-            generation: u64::try_from(parts.generation).unwrap_or(0),
-            tasks,
-            refused: parts.refused,
-        };
-        // The agent refuses an invalid document whole; better to say so here.
-        doc.validate().map_err(|e| FleetError::BadDocument {
-            instance: instance_id.to_string(),
-            message: e.to_string(),
-        })?;
-        Ok(Some(doc))
+        document(api, instance_id, parts, &mut Definitions::new())
+    }
+
+    /// [`Fleet::desired_document`] of each instance, in the order asked, read in one store
+    /// snapshot; each task definition revision is parsed once for all of them (a DAEMON
+    /// service puts the same one in every document).
+    pub fn desired_documents(
+        &self,
+        api: &Api,
+        instance_ids: &[String],
+    ) -> Result<Vec<Result<Option<DesiredState>, FleetError>>, StoreError> {
+        let parts = api.store.document_rows_many(instance_ids)?;
+        let mut definitions = Definitions::new();
+        Ok(instance_ids
+            .iter()
+            .zip(parts)
+            .map(|(id, parts)| match parts {
+                Some(parts) => document(api, id, parts, &mut definitions),
+                None => Ok(None),
+            })
+            .collect())
     }
 
     /// Records whether the instance's agent is connected, as its presence says.
@@ -172,30 +165,8 @@ impl Fleet {
         connected: bool,
         now: f64,
     ) -> Result<(), FleetError> {
-        self.write(&api.store, |tx| -> Result<(), FleetError> {
-            if !tx.set_connected(instance_id, connected, now)? {
-                return Err(FleetError::UnknownInstance(instance_id.to_string()));
-            }
-            tx.add_device_event(&DeviceEvent {
-                instance_id: instance_id.to_string(),
-                seq: None,
-                time: now,
-                task_arn: None,
-                container: None,
-                kind: if connected {
-                    "connected"
-                } else {
-                    "disconnected"
-                }
-                .into(),
-                message: if connected {
-                    "agent connected"
-                } else {
-                    "agent disconnected"
-                }
-                .into(),
-            })?;
-            Ok(())
+        self.write(&api.store, |tx| {
+            set_connected(tx, instance_id, connected, now)
         })
     }
 
@@ -209,61 +180,201 @@ impl Fleet {
         now: f64,
     ) -> Result<Ingested, FleetError> {
         let mut poke = false;
-        let out = self.write(&api.store, |tx| -> Result<Ingested, FleetError> {
-            let link = tx
-                .link_state(instance_id)?
-                .ok_or_else(|| FleetError::UnknownInstance(instance_id.to_string()))?;
-            let seq = i64::try_from(envelope.seq).unwrap_or(i64::MAX);
-            if seq <= link.up_seq {
-                tracing::debug!(instance = instance_id, seq, "duplicate message ignored");
-                return Ok(Ingested::Duplicate);
-            }
-            let covers = envelope.covers();
-            let missing = missing(u64::try_from(link.up_seq).unwrap_or(0), &covers);
-            let time = envelope.entry.time;
-            let mut ctx = Ctx {
-                tx,
-                api,
-                link: &link,
-                seq,
-                time,
-                now,
-                poke: false,
-            };
-            for r in &missing {
-                tracing::warn!(
-                    instance = instance_id,
-                    from = r.start(),
-                    to = r.end(),
-                    "device messages missing"
-                );
-                ctx.event(
-                    None,
-                    None,
-                    "seqGap",
-                    format!(
-                        "seqs {} to {} never arrived; the device's outbox skipped them",
-                        r.start(),
-                        r.end()
-                    ),
-                )?;
-            }
-            let high = covers
-                .last()
-                .map(|r| *r.end())
-                .unwrap_or(envelope.seq)
-                .max(envelope.seq);
-            ctx.tx
-                .set_up_seq(instance_id, i64::try_from(high).unwrap_or(i64::MAX), now)?;
-            ctx.apply(&envelope.entry.message)?;
-            poke = ctx.poke;
-            Ok(Ingested::Applied { missing })
+        let out = self.write(&api.store, |tx| {
+            ingest(tx, api, instance_id, envelope, now, &mut poke)
         })?;
         if poke {
             self.poke_services();
         }
         Ok(out)
     }
+
+    /// Applies device messages in the order given, all in one transaction, each in a
+    /// savepoint of its own: one that fails leaves the others applied. Each message's
+    /// outcome, in order; `Err` only when the transaction itself failed, and then nothing
+    /// of the batch is kept. Presence from an instance the hub does not know is ignored.
+    pub fn ingest_batch(
+        &self,
+        api: &Api,
+        messages: &[(String, DeviceMessage)],
+        now: f64,
+    ) -> Result<Vec<Result<Ingested, FleetError>>, StoreError> {
+        let mut poke = false;
+        let out = self.write(&api.store, |tx| -> Result<_, StoreError> {
+            Ok(messages
+                .iter()
+                .map(|(instance_id, message)| {
+                    tx.attempt(|tx| match message {
+                        DeviceMessage::Up(envelope) => {
+                            ingest(tx, api, instance_id, envelope, now, &mut poke)
+                        }
+                        DeviceMessage::Presence { online } => {
+                            match set_connected(tx, instance_id, *online, now) {
+                                Ok(()) | Err(FleetError::UnknownInstance(_)) => {
+                                    Ok(Ingested::Applied {
+                                        missing: Vec::new(),
+                                    })
+                                }
+                                Err(e) => Err(e),
+                            }
+                        }
+                    })
+                })
+                .collect())
+        })?;
+        if poke {
+            self.poke_services();
+        }
+        Ok(out)
+    }
+}
+
+/// A device message as [`Fleet::ingest_batch`] takes it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeviceMessage {
+    /// An envelope from the device's outbox (its `up` topic).
+    Up(Box<Envelope>),
+    /// Its presence, or the last will the broker sent for it.
+    Presence { online: bool },
+}
+
+/// Parsed task definitions by (family, revision), with the ARN and revision the hub adds.
+type Definitions = HashMap<(String, i64), TaskDefinition>;
+
+fn document(
+    api: &Api,
+    instance_id: &str,
+    parts: DocumentParts,
+    definitions: &mut Definitions,
+) -> Result<Option<DesiredState>, FleetError> {
+    let mut tasks = Vec::with_capacity(parts.tasks.len());
+    for r in parts.tasks {
+        let key = (r.family, r.revision);
+        let td = match definitions.get(&key) {
+            Some(td) => td.clone(),
+            None => {
+                let mut td =
+                    TaskDefinition::parse(&r.body).map_err(|e| FleetError::BadDocument {
+                        instance: instance_id.to_string(),
+                        message: format!(
+                            "task {}: task definition {}:{}: {e}",
+                            r.task_arn, key.0, key.1
+                        ),
+                    })?;
+                td.task_definition_arn = Some(scheduler::task_definition_arn(api, &key.0, key.1));
+                td.revision = u32::try_from(key.1).ok();
+                definitions.insert(key, td.clone());
+                td
+            }
+        };
+        tasks.push(DesiredTask {
+            task_arn: r.task_arn,
+            task_definition: td,
+            desired_status: r.desired_status,
+            group: Some(r.group),
+        });
+    }
+    let doc = DesiredState {
+        generation: u64::try_from(parts.generation).unwrap_or(0),
+        tasks,
+        refused: parts.refused,
+    };
+    // The agent refuses an invalid document whole; better to say so here.
+    doc.validate().map_err(|e| FleetError::BadDocument {
+        instance: instance_id.to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(Some(doc))
+}
+
+fn set_connected(
+    tx: &mut Txn<'_>,
+    instance_id: &str,
+    connected: bool,
+    now: f64,
+) -> Result<(), FleetError> {
+    if !tx.set_connected(instance_id, connected, now)? {
+        return Err(FleetError::UnknownInstance(instance_id.to_string()));
+    }
+    tx.add_device_event(&DeviceEvent {
+        instance_id: instance_id.to_string(),
+        seq: None,
+        time: now,
+        task_arn: None,
+        container: None,
+        kind: if connected {
+            "connected"
+        } else {
+            "disconnected"
+        }
+        .into(),
+        message: if connected {
+            "agent connected"
+        } else {
+            "agent disconnected"
+        }
+        .into(),
+    })?;
+    Ok(())
+}
+
+/// One device message in `tx`. Sets `poke` when a service's task stopped.
+fn ingest(
+    tx: &mut Txn<'_>,
+    api: &Api,
+    instance_id: &str,
+    envelope: &Envelope,
+    now: f64,
+    poke: &mut bool,
+) -> Result<Ingested, FleetError> {
+    let link = tx
+        .link_state(instance_id)?
+        .ok_or_else(|| FleetError::UnknownInstance(instance_id.to_string()))?;
+    let seq = i64::try_from(envelope.seq).unwrap_or(i64::MAX);
+    if seq <= link.up_seq {
+        tracing::debug!(instance = instance_id, seq, "duplicate message ignored");
+        return Ok(Ingested::Duplicate);
+    }
+    let covers = envelope.covers();
+    let missing = missing(u64::try_from(link.up_seq).unwrap_or(0), &covers);
+    let time = envelope.entry.time;
+    let mut ctx = Ctx {
+        tx,
+        api,
+        link: &link,
+        seq,
+        time,
+        now,
+        poke: false,
+    };
+    for r in &missing {
+        tracing::warn!(
+            instance = instance_id,
+            from = r.start(),
+            to = r.end(),
+            "device messages missing"
+        );
+        ctx.event(
+            None,
+            None,
+            "seqGap",
+            format!(
+                "seqs {} to {} never arrived; the device's outbox skipped them",
+                r.start(),
+                r.end()
+            ),
+        )?;
+    }
+    let high = covers
+        .last()
+        .map(|r| *r.end())
+        .unwrap_or(envelope.seq)
+        .max(envelope.seq);
+    ctx.tx
+        .set_up_seq(instance_id, i64::try_from(high).unwrap_or(i64::MAX), now)?;
+    ctx.apply(&envelope.entry.message)?;
+    *poke |= ctx.poke;
+    Ok(Ingested::Applied { missing })
 }
 
 /// Seqs after `high` up to the envelope's own that `covers` does not include.
@@ -785,7 +896,9 @@ fn merge_containers(stored: &[Value], reports: &[ContainerReport]) -> Vec<Value>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scheduler::tests::{add_instance, add_service, hub, pass, register, run, web, Hub};
+    use crate::scheduler::tests::{
+        add_instance, add_service, hub, instance_id, pass, register, run, web, Hub,
+    };
     use crate::scheduler::ServiceOutcome;
     use skerry_proto::link::{Entry, EventKind, HostMetrics};
     use skerry_proto::status::{HealthStatus, NetworkBinding};
@@ -1368,6 +1481,127 @@ mod tests {
         assert!(waited.is_ok(), "a change made before waiting still wakes");
         assert_eq!(hub.fleet.take_dirty(), vec![id]);
         assert!(hub.fleet.take_dirty().is_empty());
+    }
+
+    #[test]
+    fn a_batch_applies_each_message_and_isolates_the_one_that_fails() {
+        let hub = hub();
+        let a = add_instance(&hub, 1, 4096, 4096);
+        let b = add_instance(&hub, 2, 4096, 4096);
+        let applied = |g| Message::Applied { generation: g };
+        let unknown = "mi-00000000000000099".to_string();
+        let batch = [
+            (
+                a.clone(),
+                DeviceMessage::Up(Box::new(envelope(1, applied(0)))),
+            ),
+            (
+                unknown.clone(),
+                DeviceMessage::Up(Box::new(envelope(1, applied(0)))),
+            ),
+            (b.clone(), DeviceMessage::Presence { online: true }),
+            // The same seq again within the batch: it sees the first one applied.
+            (
+                a.clone(),
+                DeviceMessage::Up(Box::new(envelope(1, applied(0)))),
+            ),
+            (unknown.clone(), DeviceMessage::Presence { online: true }),
+            (
+                b.clone(),
+                DeviceMessage::Up(Box::new(envelope(4, applied(0)))),
+            ),
+        ];
+        let out = hub
+            .fleet
+            .ingest_batch(&hub.api, &batch, 1000.0)
+            .expect("batch");
+        assert_eq!(out.len(), batch.len());
+        assert_eq!(
+            out[0].as_ref().expect("a"),
+            &Ingested::Applied {
+                missing: Vec::new()
+            }
+        );
+        assert!(
+            matches!(&out[1], Err(FleetError::UnknownInstance(i)) if *i == unknown),
+            "{:?}",
+            out[1]
+        );
+        assert!(out[2].is_ok());
+        assert_eq!(out[3].as_ref().expect("dup"), &Ingested::Duplicate);
+        assert!(out[4].is_ok(), "an unknown instance's presence is ignored");
+        assert_eq!(
+            out[5].as_ref().expect("b"),
+            &Ingested::Applied {
+                missing: vec![1..=3]
+            }
+        );
+        let link = |id: &str| hub.api.store.link_state(id).expect("l").expect("i");
+        assert_eq!(link(&a).up_seq, 1);
+        assert_eq!(link(&b).up_seq, 4);
+        assert!(
+            hub.api
+                .store
+                .container_instance(&b)
+                .expect("get")
+                .expect("b")
+                .agent_connected
+        );
+        assert_eq!(kinds(&hub, &a), ["applied"]);
+        assert_eq!(kinds(&hub, &b), ["connected", "seqGap", "applied"]);
+        // Committed: a replay of the whole batch changes nothing.
+        let again = hub
+            .fleet
+            .ingest_batch(&hub.api, &batch[..1], 1001.0)
+            .expect("replay");
+        assert_eq!(again[0].as_ref().expect("a"), &Ingested::Duplicate);
+    }
+
+    #[test]
+    fn documents_built_together_are_the_documents_built_alone() {
+        let hub = hub();
+        let a = add_instance(&hub, 1, 4096, 4096);
+        let b = add_instance(&hub, 2, 4096, 4096);
+        add_instance(&hub, 3, 4096, 4096);
+        register(&hub, web(64));
+        run(&hub, "web", 5);
+        let mut second = web(32);
+        second["containerDefinitions"][0]["name"] = "side".into();
+        register(&hub, second);
+        run(&hub, "web", 1);
+        let ids = vec![
+            a.clone(),
+            "mi-00000000000000099".to_string(),
+            b.clone(),
+            instance_id(3),
+        ];
+        let together = hub
+            .fleet
+            .desired_documents(&hub.api, &ids)
+            .expect("documents");
+        assert_eq!(together.len(), ids.len());
+        for (id, doc) in ids.iter().zip(together) {
+            let alone = hub.fleet.desired_document(&hub.api, id).expect("alone");
+            let doc = doc.expect("together");
+            assert_eq!(doc, alone, "{id}");
+        }
+        let doc = hub
+            .fleet
+            .desired_document(&hub.api, &a)
+            .expect("d")
+            .expect("a");
+        let revisions: BTreeSet<Option<u32>> = doc
+            .tasks
+            .iter()
+            .map(|t| t.task_definition.revision)
+            .collect();
+        assert!(!doc.tasks.is_empty());
+        assert!(hub
+            .fleet
+            .desired_document(&hub.api, "mi-00000000000000099")
+            .expect("none")
+            .is_none());
+        assert!(revisions.iter().all(Option::is_some), "{revisions:?}");
     }
 
     #[test]

@@ -9,6 +9,13 @@
 //! - The event loop only reads: a worker task applies messages and acks them. The broker sends
 //!   at most its `max_inflight_messages` unacknowledged messages, which `broker-config` keeps
 //!   below [`WORK_QUEUE`], so handing a message to the worker never waits on the worker.
+//!   The worker takes whatever has arrived, up to [`INGEST_BATCH`], applies it in one
+//!   transaction ([`Fleet::ingest_batch`]) and acks each message of it after the commit: a
+//!   fleet answering at once costs a commit per batch, not per message.
+//! - Documents go out in batches of [`DOCUMENT_BATCH`], built from one store snapshot off
+//!   the async runtime, then queued for the event loop without waiting for the broker, at
+//!   most [`DOCUMENTS_IN_FLIGHT`] not yet acked by it, so the worker's acks always find room
+//!   in the event loop's request queue.
 //! - Reconnects back off exponentially with jitter up to [`MAX_BACKOFF`].
 
 use std::sync::Arc;
@@ -19,24 +26,36 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use skerry_proto::link::{self, Channel, Envelope, Presence};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::api::Api;
 use crate::ca::{Ca, HUB_IDENTITY};
 use crate::config::BrokerUrl;
-use crate::fleet::{Fleet, FleetError, Ingested};
+use crate::fleet::{DeviceMessage, Fleet, Ingested};
 
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Requests queued for the event loop; publishers wait beyond it.
 const REQUESTS: usize = 1024;
+/// Documents queued or in flight to the broker at most: the rest of [`REQUESTS`] is kept
+/// for acks. The worker's acks share the queue with the publisher's documents; were it full
+/// of documents, an ack would wait on the event loop while the event loop waits on the
+/// worker to take the next device message, and the link would stop (it did at 10,000
+/// devices).
+const DOCUMENTS_IN_FLIGHT: usize = REQUESTS / 2;
+const _: () = assert!(DOCUMENTS_IN_FLIGHT + INGEST_BATCH < REQUESTS);
 /// Device messages between the event loop and the worker that applies them.
 pub const WORK_QUEUE: usize = 1024;
 /// What `broker-config` sets as the broker's `max_inflight_messages`: below [`WORK_QUEUE`].
 pub const BROKER_INFLIGHT: usize = 200;
 const _: () = assert!(BROKER_INFLIGHT < WORK_QUEUE);
+/// Device messages applied in one transaction at most: the broker's whole window.
+const INGEST_BATCH: usize = BROKER_INFLIGHT;
+/// Desired-state documents built from one store snapshot.
+const DOCUMENT_BATCH: usize = 256;
 /// Desired-state documents carry whole task definitions.
 const MAX_PACKET: usize = 4 << 20;
 
@@ -90,13 +109,23 @@ impl Link {
     /// Runs until `shutdown`: the event loop (device messages in) and the publisher
     /// (documents out).
     pub async fn run(self, api: Arc<Api>, fleet: Arc<Fleet>, shutdown: CancellationToken) {
+        let window = Arc::new(Semaphore::new(DOCUMENTS_IN_FLIGHT));
         let publisher = tokio::spawn(publish_documents(
             self.client.clone(),
             api.clone(),
             fleet.clone(),
+            window.clone(),
             shutdown.clone(),
         ));
-        receive(self.client.clone(), self.events, api, fleet, shutdown).await;
+        receive(
+            self.client.clone(),
+            self.events,
+            api,
+            fleet,
+            window,
+            shutdown,
+        )
+        .await;
         let _ = self.client.try_disconnect();
         let _ = publisher.await;
     }
@@ -110,26 +139,37 @@ pub fn next_backoff(current: Duration) -> Duration {
     doubled.mul_f64(jitter)
 }
 
+/// Gives the publisher back `n` document slots, never holding more than
+/// [`DOCUMENTS_IN_FLIGHT`].
+fn release(window: &Semaphore, n: usize) {
+    let room = DOCUMENTS_IN_FLIGHT.saturating_sub(window.available_permits());
+    window.add_permits(n.min(room));
+}
+
 async fn receive(
     client: AsyncClient,
     mut events: EventLoop,
     api: Arc<Api>,
     fleet: Arc<Fleet>,
+    window: Arc<Semaphore>,
     shutdown: CancellationToken,
 ) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Publish>(WORK_QUEUE);
     let acker = client.clone();
     let stop = shutdown.clone();
     let worker = tokio::spawn(async move {
-        while let Some(p) = rx.recv().await {
-            handle(&api, &fleet, &p).await;
-            // Once the event loop has stopped an ack could wait for ever; an unacked
-            // message comes back on the next connection and is deduplicated.
-            tokio::select! {
-                r = acker.ack(&p) => if let Err(e) = r {
-                    warn!(error = %e, "cannot acknowledge a device message");
-                },
-                _ = stop.cancelled() => break,
+        let mut batch = Vec::with_capacity(INGEST_BATCH);
+        while rx.recv_many(&mut batch, INGEST_BATCH).await > 0 {
+            handle(&api, &fleet, &batch).await;
+            for p in batch.drain(..) {
+                // Once the event loop has stopped an ack could wait for ever; an unacked
+                // message comes back on the next connection and is deduplicated.
+                tokio::select! {
+                    r = acker.ack(&p) => if let Err(e) = r {
+                        warn!(error = %e, "cannot acknowledge a device message");
+                    },
+                    _ = stop.cancelled() => return,
+                }
             }
         }
     });
@@ -142,6 +182,8 @@ async fn receive(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff = Duration::ZERO;
+                // What was in flight is either resent (and acked) or gone with the session.
+                release(&window, DOCUMENTS_IN_FLIGHT);
                 info!(session = ack.session_present, "broker link up");
                 for filter in [link::UP_FILTER, link::PRESENCE_FILTER] {
                     // try_: awaiting here could wait on this very loop to drain requests.
@@ -155,6 +197,8 @@ async fn receive(
                     break;
                 }
             }
+            // Only the hub publishes with QoS 1: each PubAck is a document the broker has.
+            Ok(Event::Incoming(Packet::PubAck(_))) => release(&window, 1),
             Ok(_) => {}
             Err(e) => {
                 backoff = next_backoff(backoff);
@@ -177,51 +221,77 @@ fn now() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Applies one device message. Whatever happens it is then acknowledged: a message the hub
-/// cannot use would otherwise come back for ever. What is refused is logged with its
-/// instance.
-async fn handle(api: &Arc<Api>, fleet: &Arc<Fleet>, p: &Publish) {
+/// A device message as its topic and payload say, or why it is not one the hub uses
+/// (`Ok(None)`: nothing to apply, e.g. a cleared retained presence).
+fn parse(p: &Publish) -> Result<Option<(String, DeviceMessage)>, String> {
     let Some((instance, channel)) = link::parse_topic(&p.topic) else {
         debug!(topic = %p.topic, "ignoring a message outside the protocol");
-        return;
+        return Ok(None);
     };
-    let instance = instance.to_string();
+    let message = match channel {
+        Channel::Up => DeviceMessage::Up(Box::new(
+            serde_json::from_slice::<Envelope>(&p.payload)
+                .map_err(|e| format!("not an envelope: {e}"))?,
+        )),
+        Channel::Presence if p.payload.is_empty() => return Ok(None),
+        Channel::Presence => DeviceMessage::Presence {
+            online: serde_json::from_slice::<Presence>(&p.payload)
+                .map_err(|e| format!("not a presence: {e}"))?
+                .online,
+        },
+        // The hub's own documents, if the broker ever echoed them.
+        Channel::Desired => return Ok(None),
+    };
+    Ok(Some((instance.to_string(), message)))
+}
+
+/// Applies a batch of device messages, in one transaction when it can. Whatever happens
+/// they are then acknowledged: a message the hub cannot use would otherwise come back for
+/// ever. What is refused is logged with its topic.
+async fn handle(api: &Arc<Api>, fleet: &Arc<Fleet>, batch: &[Publish]) {
+    let batch: Vec<Publish> = batch.to_vec();
     let (api, fleet) = (api.clone(), fleet.clone());
-    let payload = p.payload.clone();
-    let result = tokio::task::spawn_blocking(move || -> Result<(), String> {
-        match channel {
-            Channel::Up => {
-                let envelope: Envelope = serde_json::from_slice(&payload)
-                    .map_err(|e| format!("not an envelope: {e}"))?;
-                match fleet.ingest(&api, &instance, &envelope, now()) {
-                    Ok(Ingested::Duplicate) => {
-                        debug!(%instance, seq = envelope.seq, "duplicate message");
-                        Ok(())
-                    }
-                    Ok(Ingested::Applied { .. }) => Ok(()),
-                    Err(e) => Err(e.to_string()),
+    let done = tokio::task::spawn_blocking(move || {
+        let mut messages = Vec::with_capacity(batch.len());
+        let mut topics = Vec::with_capacity(batch.len());
+        for p in &batch {
+            match parse(p) {
+                Ok(Some(m)) => {
+                    messages.push(m);
+                    topics.push(p.topic.as_str());
                 }
+                Ok(None) => {}
+                Err(e) => warn!(topic = %p.topic, error = %e, "device message refused"),
             }
-            Channel::Presence => {
-                if payload.is_empty() {
-                    return Ok(()); // a cleared retained presence
-                }
-                let presence: Presence =
-                    serde_json::from_slice(&payload).map_err(|e| format!("not a presence: {e}"))?;
-                match fleet.set_connected(&api, &instance, presence.online, now()) {
-                    Ok(()) | Err(FleetError::UnknownInstance(_)) => Ok(()),
-                    Err(e) => Err(e.to_string()),
-                }
+        }
+        let outcomes = match fleet.ingest_batch(&api, &messages, now()) {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                // The batch's transaction failed as a whole: each message alone, so one
+                // that can be applied is.
+                warn!(error = %e, messages = messages.len(), "device message batch failed; applying one at a time");
+                messages
+                    .iter()
+                    .map(|m| match fleet.ingest_batch(&api, std::slice::from_ref(m), now()) {
+                        Ok(mut one) => one.pop().unwrap_or(Ok(Ingested::Duplicate)),
+                        Err(e) => Err(e.into()),
+                    })
+                    .collect()
             }
-            // The hub's own documents, if the broker ever echoed them.
-            Channel::Desired => Ok(()),
+        };
+        for ((topic, (instance, message)), outcome) in topics.iter().zip(&messages).zip(outcomes) {
+            match (message, outcome) {
+                (DeviceMessage::Up(envelope), Ok(Ingested::Duplicate)) => {
+                    debug!(%instance, seq = envelope.seq, "duplicate message");
+                }
+                (_, Ok(_)) => {}
+                (_, Err(e)) => warn!(%topic, error = %e, "device message refused"),
+            }
         }
     })
     .await;
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => warn!(topic = %p.topic, error = %e, "device message refused"),
-        Err(e) => warn!(topic = %p.topic, error = %e, "device message handler failed"),
+    if let Err(e) = done {
+        warn!(error = %e, "device message handler failed");
     }
 }
 
@@ -229,6 +299,7 @@ async fn publish_documents(
     client: AsyncClient,
     api: Arc<Api>,
     fleet: Arc<Fleet>,
+    window: Arc<Semaphore>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -239,33 +310,64 @@ async fn publish_documents(
                 _ = shutdown.cancelled() => return,
             }
         }
-        for instance in dirty {
-            let (api2, fleet2, id) = (api.clone(), fleet.clone(), instance.clone());
-            let doc =
-                tokio::task::spawn_blocking(move || fleet2.desired_document(&api2, &id)).await;
-            let doc = match doc {
-                Ok(Ok(Some(doc))) => doc,
-                Ok(Ok(None)) => continue,
+        for ids in dirty.chunks(DOCUMENT_BATCH) {
+            let (api2, fleet2, ids2) = (api.clone(), fleet.clone(), ids.to_vec());
+            let built = tokio::task::spawn_blocking(move || {
+                fleet2.desired_documents(&api2, &ids2).map(|docs| {
+                    docs.into_iter()
+                        .map(|d| {
+                            d.map(|d| {
+                                d.map(|d| {
+                                    let payload = serde_json::to_vec(&d)
+                                        .expect("a desired-state document serializes");
+                                    (d.generation, payload)
+                                })
+                            })
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .await;
+            let built = match built {
+                Ok(Ok(built)) => built,
                 Ok(Err(e)) => {
-                    warn!(%instance, error = %e, "cannot build the desired-state document");
+                    warn!(instances = ids.len(), error = %e, "cannot read the desired-state documents");
                     continue;
                 }
                 Err(e) => {
-                    warn!(%instance, error = %e, "desired-state document builder failed");
+                    warn!(instances = ids.len(), error = %e, "desired-state document builder failed");
                     continue;
                 }
             };
-            let payload = serde_json::to_vec(&doc).expect("a desired-state document serializes");
-            let topic = link::topic(&instance, Channel::Desired);
-            debug!(%instance, generation = doc.generation, "publishing desired state");
-            tokio::select! {
-                r = client.publish(topic, QoS::AtLeastOnce, true, payload) => {
-                    if let Err(e) = r {
-                        warn!(%instance, error = %e, "cannot queue the desired-state document");
-                        fleet.mark_dirty([instance]);
+            for (instance, doc) in ids.iter().zip(built) {
+                let (generation, payload) = match doc {
+                    Ok(Some(doc)) => doc,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        warn!(%instance, error = %e, "cannot build the desired-state document");
+                        continue;
                     }
+                };
+                let topic = link::topic(instance, Channel::Desired);
+                debug!(%instance, generation, "publishing desired state");
+                // A slot comes back with the broker's PubAck (or the next connection).
+                tokio::select! {
+                    permit = window.acquire() => match permit {
+                        Ok(p) => p.forget(),
+                        Err(_) => return,
+                    },
+                    _ = shutdown.cancelled() => return,
                 }
-                _ = shutdown.cancelled() => return,
+                tokio::select! {
+                    r = client.publish(topic, QoS::AtLeastOnce, true, payload) => {
+                        if let Err(e) = r {
+                            warn!(%instance, error = %e, "cannot queue the desired-state document");
+                            release(&window, 1);
+                            fleet.mark_dirty([instance.clone()]);
+                        }
+                    }
+                    _ = shutdown.cancelled() => return,
+                }
             }
         }
     }

@@ -9,7 +9,7 @@
 //! then the lowest instance id. An instance whose agent is disconnected keeps its tasks and
 //! stays a candidate: a device offline still runs what it was given.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,13 +22,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::Api;
 use crate::fleet::Fleet;
-use crate::store::{InstanceLoad, ServiceRow, StoreError, TaskRow, Txn};
+use crate::store::{InstanceLoad, ServiceRow, StartFailures, StoreError, TaskRow, Txn};
 
 /// How often the service loop looks at every service even when nothing poked it.
 pub const SERVICE_TICK: Duration = Duration::from_secs(1);
 /// Stopped tasks stay visible this long, as in ECS.
 pub const STOPPED_TASK_RETENTION: Duration = Duration::from_secs(3600);
 const RETENTION_SWEEP: Duration = Duration::from_secs(60);
+/// A service whose task failed to start waits this long before placing the next one, twice
+/// as long after each further failure in a row, up to [`THROTTLE_MAX`]; a task of it that
+/// reaches RUNNING resets the count. An image that does not exist would otherwise have
+/// the service place a task every tick, for ever.
+pub const THROTTLE_BASE: Duration = Duration::from_secs(10);
+pub const THROTTLE_MAX: Duration = Duration::from_secs(15 * 60);
 /// Task ids are 32 hex digits, as in ECS.
 const TASK_ID_BYTES: usize = 16;
 
@@ -331,27 +337,40 @@ pub fn plan_replica(
 }
 
 /// A DAEMON service: one task of the current deployment on each of `instances`; older
-/// deployments' tasks stop at once (ECS's daemon default of 0% minimum healthy).
+/// deployments' tasks stop at once (ECS's daemon default of 0% minimum healthy). Linear in
+/// instances and tasks: the service loop runs it every tick for the whole fleet.
 pub fn plan_daemon(instances: &[String], tasks: &[ServiceTask]) -> Plan {
     let mut plan = Plan::default();
+    let wanted: HashSet<&str> = instances.iter().map(String::as_str).collect();
+    let mut here: HashMap<&str, Vec<&ServiceTask>> = HashMap::new();
     for t in tasks {
-        if !t.current || !instances.contains(&t.instance_id) {
+        if !t.current || !wanted.contains(t.instance_id.as_str()) {
             plan.stop.push(t.arn.clone());
+        }
+        if t.current {
+            here.entry(t.instance_id.as_str()).or_default().push(t);
         }
     }
     for id in instances {
-        let here: Vec<&ServiceTask> = tasks
-            .iter()
-            .filter(|t| t.current && &t.instance_id == id)
-            .collect();
-        match here.len() {
-            0 => plan.start_on.push(id.clone()),
-            n => plan
+        match here.get(id.as_str()).map(Vec::as_slice).unwrap_or_default() {
+            [] => plan.start_on.push(id.clone()),
+            [_, surplus @ ..] => plan
                 .stop
-                .extend(here.iter().rev().take(n - 1).map(|t| t.arn.clone())),
+                .extend(surplus.iter().rev().map(|t| t.arn.clone())),
         }
     }
     plan
+}
+
+/// How long a service waits after its latest task that failed to start, with `failures`
+/// of them in a row.
+pub fn throttle_delay(failures: u32) -> Duration {
+    match failures {
+        0 => Duration::ZERO,
+        n => THROTTLE_BASE
+            .saturating_mul(1u32.checked_shl(n - 1).unwrap_or(u32::MAX))
+            .min(THROTTLE_MAX),
+    }
 }
 
 /// What a new task is made from.
@@ -536,6 +555,46 @@ pub fn run_tasks(
     Ok(out)
 }
 
+/// Places and stores one task of `spec` on each of `instances` (a DAEMON service's), from
+/// one read of the cluster's load: asking per instance made a fleet-wide change a query
+/// per instance. For each, what [`run_tasks`] with `count` 1 and `only` that instance gives.
+pub fn run_tasks_on(
+    tx: &mut Txn<'_>,
+    api: &Api,
+    spec: &TaskSpec,
+    instances: &[String],
+    now: f64,
+) -> Result<Vec<Result<Placed, SchedError>>, SchedError> {
+    let loads = tx.placement_loads(&spec.cluster, &spec.group, None)?;
+    let by_id: HashMap<&str, &InstanceLoad> = loads.iter().map(|l| (l.id.as_str(), l)).collect();
+    let demand = Demand::of(&spec.definition);
+    let mut out = Vec::with_capacity(instances.len());
+    for id in instances {
+        let Some(load) = by_id.get(id.as_str()) else {
+            out.push(Err(SchedError::NoInstances {
+                cluster: spec.cluster.clone(),
+            }));
+            continue;
+        };
+        let mut candidates = [Candidate::from(*load)];
+        let mut placed = Placed::default();
+        match place(&mut candidates, &demand, 1).remove(0) {
+            Ok(_) => {
+                let mut row = new_task(api, spec, &candidates[0], now);
+                tx.save_task(None, &mut row, now)?;
+                placed.tasks.push(row);
+            }
+            Err(u) => placed.failures.push(Failure {
+                arn: candidates[0].arn.clone(),
+                shortage: u.shortage,
+                detail: shortage_detail(&u, &candidates, &demand),
+            }),
+        }
+        out.push(Ok(placed));
+    }
+    Ok(out)
+}
+
 /// Sets a task's desired status to STOPPED (once: a second stop keeps the first reason).
 pub fn stop_task(
     tx: &mut Txn<'_>,
@@ -611,14 +670,14 @@ pub fn reconcile_service(
         }
         _ => return Ok(out),
     }
-    let live = tx.live_service_tasks(s.id)?;
-    let tasks: Vec<ServiceTask> = live
-        .iter()
+    let tasks: Vec<ServiceTask> = tx
+        .live_service_task_states(s.id)?
+        .into_iter()
         .map(|t| ServiceTask {
-            arn: t.arn.clone(),
-            instance_id: t.instance_id.clone(),
             current: t.started_by.as_deref() == Some(s.deployment_id.as_str()),
             running: t.last_status == TaskStatus::Running,
+            arn: t.arn,
+            instance_id: t.instance_id,
         })
         .collect();
     let daemon = s.scheduling_strategy == "DAEMON";
@@ -633,13 +692,32 @@ pub fn reconcile_service(
         )
     };
     for arn in &plan.stop {
-        if let Some(t) = live.iter().find(|t| &t.arn == arn) {
-            stop_task(tx, t, &reason, code, now)?;
+        if let Some(t) = tx.task(arn)?.filter(TaskRow::is_live) {
+            stop_task(tx, &t, &reason, code, now)?;
             out.stopped.push(arn.clone());
         }
     }
     let mut unplaced: Option<String> = None;
-    if plan.start > 0 || !plan.start_on.is_empty() {
+    let starting = plan.start > 0 || !plan.start_on.is_empty();
+    let failures = if starting {
+        tx.start_failures(s.id)?
+    } else {
+        StartFailures::default()
+    };
+    let wait = throttle_delay(failures.count);
+    if failures
+        .last_at
+        .is_some_and(|at| now < at + wait.as_secs_f64())
+    {
+        // The same words while the wait lasts, so the event is said once.
+        unplaced = Some(format!(
+            "(service {}) is unable to consistently start tasks successfully: {} tasks in a \
+             row failed to start; the next one is placed {} s after the last failure.",
+            s.name,
+            failures.count,
+            wait.as_secs()
+        ));
+    } else if starting {
         match load_definition(tx, &s.family, Some(s.revision)) {
             Ok(Some((_, definition))) => {
                 let spec = TaskSpec {
@@ -653,13 +731,15 @@ pub fn reconcile_service(
                     client_token: None,
                     tags: Value::Array(Vec::new()),
                 };
-                let mut batches: Vec<(usize, Option<&str>)> = Vec::new();
+                let mut batches: Vec<Result<Placed, SchedError>> = Vec::new();
                 if plan.start > 0 {
-                    batches.push((plan.start, None));
+                    batches.push(run_tasks(tx, api, &spec, plan.start, None, now));
                 }
-                batches.extend(plan.start_on.iter().map(|i| (1, Some(i.as_str()))));
-                for (count, only) in batches {
-                    match run_tasks(tx, api, &spec, count, only, now) {
+                if !plan.start_on.is_empty() {
+                    batches.extend(run_tasks_on(tx, api, &spec, &plan.start_on, now)?);
+                }
+                for placed in batches {
+                    match placed {
                         Ok(placed) => {
                             out.started.extend(placed.tasks.into_iter().map(|t| t.arn));
                             if let Some(f) = placed.failures.first() {
@@ -1274,6 +1354,115 @@ pub(crate) mod tests {
             doc.task(&stopped.arn).map(|t| t.desired_status),
             Some(DesiredStatus::Stopped)
         );
+    }
+
+    #[test]
+    fn a_daemon_service_starts_on_every_instance_with_room_and_names_the_one_without() {
+        let hub = hub();
+        for n in 1..=4 {
+            add_instance(&hub, n, 4096, if n == 3 { 32 } else { 4096 });
+        }
+        register(&hub, web(64));
+        let id = add_service(&hub, "agent", 0, "DAEMON");
+        let first = pass(&hub, id, 2.0);
+        let mut on: Vec<String> = first
+            .started
+            .iter()
+            .map(|arn| {
+                hub.api
+                    .store
+                    .task(arn)
+                    .expect("get")
+                    .expect("task")
+                    .instance_id
+            })
+            .collect();
+        on.sort();
+        assert_eq!(on, [instance_id(1), instance_id(2), instance_id(4)]);
+        let said = hub
+            .api
+            .store
+            .service_events(id, 1)
+            .expect("events")
+            .pop()
+            .expect("an event")
+            .message;
+        assert!(
+            said.contains(&format!("{:032x}", 3)) && said.contains("insufficient memory"),
+            "{said}"
+        );
+        // Each instance's document changed once, the full one's not at all.
+        let generation = |n| {
+            hub.api
+                .store
+                .link_state(&instance_id(n))
+                .expect("l")
+                .expect("i")
+                .generation
+        };
+        assert_eq!(
+            [generation(1), generation(2), generation(3), generation(4)],
+            [1, 1, 0, 1]
+        );
+        assert!(pass(&hub, id, 3.0).started.is_empty());
+    }
+
+    /// Marks the service task `arn` STOPPED at hub time `at`, as a device's report does.
+    fn stopped(hub: &Hub, arn: &str, code: &str, ran: bool, at: f64) {
+        hub.fleet
+            .write(&hub.api.store, |tx| -> Result<(), StoreError> {
+                let t = tx.task(arn)?.expect("task");
+                let mut m = t.clone();
+                m.last_status = TaskStatus::Stopped;
+                m.desired_status = DesiredStatus::Stopped;
+                m.stop_code = Some(code.into());
+                m.started_at = ran.then_some(at - 1.0);
+                m.stopped_at = Some(at);
+                tx.save_task(Some(&t), &mut m, at)
+            })
+            .expect("stop");
+    }
+
+    #[test]
+    fn a_service_whose_tasks_fail_to_start_waits_longer_each_time() {
+        let hub = hub();
+        add_instance(&hub, 1, 4096, 4096);
+        register(&hub, web(64));
+        let id = add_service(&hub, "site", 1, "REPLICA");
+        let first = pass(&hub, id, 10.0).started;
+        assert_eq!(first.len(), 1);
+        stopped(&hub, &first[0], "TaskFailedToStart", false, 11.0);
+        // One failure: 10 s from it.
+        assert!(pass(&hub, id, 11.5).started.is_empty(), "placed at once");
+        let said = hub.api.store.service_events(id, 1).expect("events")[0]
+            .message
+            .clone();
+        assert!(
+            said.contains("unable to consistently start tasks") && said.contains("10 s"),
+            "{said}"
+        );
+        assert!(pass(&hub, id, 20.5).started.is_empty());
+        let times = hub
+            .api
+            .store
+            .service_events(id, 10)
+            .expect("events")
+            .iter()
+            .filter(|e| e.message == said)
+            .count();
+        assert_eq!(times, 1, "said once, not every tick");
+        let second = pass(&hub, id, 21.0).started;
+        assert_eq!(second.len(), 1);
+        // Two in a row: 20 s.
+        stopped(&hub, &second[0], "TaskFailedToStart", false, 22.0);
+        assert!(pass(&hub, id, 41.5).started.is_empty());
+        let third = pass(&hub, id, 42.0).started;
+        assert_eq!(third.len(), 1);
+        // A task that ran resets the count: its replacement is placed at once.
+        stopped(&hub, &third[0], "EssentialContainerExited", true, 50.0);
+        assert_eq!(pass(&hub, id, 50.1).started.len(), 1);
+        assert_eq!(throttle_delay(3), Duration::from_secs(40));
+        assert_eq!(throttle_delay(40), THROTTLE_MAX);
     }
 
     #[test]

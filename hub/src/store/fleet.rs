@@ -194,54 +194,24 @@ impl Store {
 
     /// The instance's generation and the rows of its desired-state document, read in one
     /// snapshot; `None` for no such instance.
-    #[allow(clippy::type_complexity)]
     pub fn document_rows(&self, instance_id: &str) -> Result<Option<DocumentParts>, StoreError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
-        let Some(generation) = tx
-            .prepare_cached("SELECT generation FROM container_instances WHERE id = ?1")?
-            .query_row(params![instance_id], |r| r.get::<_, i64>(0))
-            .optional()?
-        else {
-            return Ok(None);
-        };
-        let mut stmt = tx.prepare_cached(
-            "SELECT t.arn, t.desired_status, d.family, d.revision, d.body, t.grp
-             FROM tasks t JOIN task_definitions d ON d.family = t.family AND d.revision = t.revision
-             WHERE t.instance_id = ?1
-               AND (t.desired_status = 'RUNNING' OR t.last_status <> 'STOPPED')
-             ORDER BY t.seq",
-        )?;
-        let rows = stmt.query_map(params![instance_id], |r| {
-            let desired: String = r.get(1)?;
-            Ok(DocumentRow {
-                task_arn: r.get(0)?,
-                desired_status: if desired == desired_status_name(DesiredStatus::Running) {
-                    DesiredStatus::Running
-                } else {
-                    DesiredStatus::Stopped
-                },
-                family: r.get(2)?,
-                revision: r.get(3)?,
-                body: r.get(4)?,
-                group: r.get(5)?,
-            })
-        })?;
-        let tasks = rows.collect::<Result<_, _>>()?;
-        let refused = tx
-            .prepare_cached(
-                "SELECT arn FROM tasks
-                 WHERE instance_id = ?1 AND family IS NULL
-                   AND desired_status = 'STOPPED' AND last_status <> 'STOPPED'
-                 ORDER BY seq",
-            )?
-            .query_map(params![instance_id], |r| r.get::<_, String>(0))?
-            .collect::<Result<_, _>>()?;
-        Ok(Some(DocumentParts {
-            generation,
-            tasks,
-            refused,
-        }))
+        document_parts(&tx, instance_id)
+    }
+
+    /// [`Store::document_rows`] of each instance, in the order asked, all read in one
+    /// snapshot: a fleet-wide change is published without taking the lock per instance.
+    pub fn document_rows_many(
+        &self,
+        instance_ids: &[String],
+    ) -> Result<Vec<Option<DocumentParts>>, StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        instance_ids
+            .iter()
+            .map(|id| document_parts(&tx, id))
+            .collect()
     }
 
     /// The instance's latest host metrics (JSON) and their device time.
@@ -280,6 +250,57 @@ fn link_state(conn: &Connection, instance_id: &str) -> Result<Option<LinkState>,
             })
         })
         .optional()?)
+}
+
+/// One statement per instance: a fleet-wide change reads this for every instance.
+fn document_parts(
+    conn: &Connection,
+    instance_id: &str,
+) -> Result<Option<DocumentParts>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT i.generation, t.arn, t.desired_status, t.last_status, t.family, d.revision,
+             d.body, t.grp
+         FROM container_instances i
+         LEFT JOIN tasks t ON t.instance_id = i.id
+             AND (t.desired_status = 'RUNNING' OR t.last_status <> 'STOPPED')
+         LEFT JOIN task_definitions d ON d.family = t.family AND d.revision = t.revision
+         WHERE i.id = ?1
+         ORDER BY t.seq",
+    )?;
+    let mut rows = stmt.query(params![instance_id])?;
+    let mut parts: Option<DocumentParts> = None;
+    let running = desired_status_name(DesiredStatus::Running);
+    while let Some(r) = rows.next()? {
+        let p = parts.get_or_insert(DocumentParts {
+            generation: r.get(0)?,
+            tasks: Vec::new(),
+            refused: Vec::new(),
+        });
+        let Some(arn) = r.get::<_, Option<String>>(1)? else {
+            continue; // an instance without tasks
+        };
+        let desired: String = r.get(2)?;
+        let last: String = r.get(3)?;
+        let family: Option<String> = r.get(4)?;
+        match (family, r.get::<_, Option<i64>>(5)?) {
+            (Some(family), Some(revision)) => p.tasks.push(DocumentRow {
+                task_arn: arn,
+                desired_status: if desired == running {
+                    DesiredStatus::Running
+                } else {
+                    DesiredStatus::Stopped
+                },
+                family,
+                revision,
+                body: r.get(6)?,
+                group: r.get(7)?,
+            }),
+            // A device's task the hub has no definition for, wanted STOPPED.
+            (None, _) if desired != running && last != "STOPPED" => p.refused.push(arn),
+            _ => {}
+        }
+    }
+    Ok(parts)
 }
 
 impl Txn<'_> {

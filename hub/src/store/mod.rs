@@ -179,16 +179,20 @@ mod services;
 mod tasks;
 
 pub use events::{DeviceEvent, ServiceEvent};
-pub use fleet::{DocumentRow, InstanceLoad, LinkState};
+pub use fleet::{DocumentParts, DocumentRow, InstanceLoad, LinkState};
 pub use instances::{ContainerInstance, NewInstance, RegisterOutcome};
-pub use services::{DeploymentCounts, ServiceRow};
+pub use services::{DeploymentCounts, ServiceRow, StartFailures};
 pub use tasks::{
-    desired_status_name, health_status_name, task_status_name, TaskFilter, TaskRow, Txn, Written,
+    desired_status_name, health_status_name, task_status_name, LiveServiceTask, TaskFilter,
+    TaskRow, Txn, Written,
 };
 
 pub struct Store {
     conn: Mutex<Connection>,
 }
+
+/// Prepared statements kept per connection.
+const STATEMENT_CACHE: usize = 128;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ClusterCounts {
@@ -269,10 +273,19 @@ impl Store {
         // WAL lets readers proceed during a write and survives a crash mid-commit.
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
+        // NORMAL in WAL mode: a commit is durable once the hub process has it (a hub that
+        // is killed loses nothing), but is fsynced at the next checkpoint, not at commit, so
+        // a power cut on the hub's host can lose the last transactions, device messages the
+        // broker has been told were taken among them. FULL would fsync every commit (every
+        // ingest batch).
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
+        // rusqlite keeps 16 prepared statements by default; the link's ingest, the publisher
+        // and the service loop use more than that between them, and a statement evicted is
+        // parsed and planned again on its next use.
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         migrate(&mut conn, &path)?;
         Ok(Self {
             conn: Mutex::new(conn),
@@ -674,6 +687,48 @@ mod tests {
         );
         assert_eq!(s.list_clusters(None, 10).expect("list"), vec!["edge"]);
         assert!(s.task_definition("web", None).expect("get").is_some());
+    }
+
+    #[test]
+    fn a_failed_attempt_rolls_back_only_its_own_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(dir.path()).expect("open");
+        let ((), written) = s
+            .write(|tx| -> Result<(), StoreError> {
+                tx.tx.execute(
+                    "INSERT INTO clusters (name, status, tags, created_at)
+                     VALUES ('kept', 'ACTIVE', '[]', 1)",
+                    [],
+                )?;
+                let failed = tx.attempt(|tx| -> Result<(), StoreError> {
+                    tx.tx.execute(
+                        "INSERT INTO clusters (name, status, tags, created_at)
+                         VALUES ('undone', 'ACTIVE', '[]', 1)",
+                        [],
+                    )?;
+                    tx.touched.insert("mi-undone".into());
+                    Err(StoreError::Poisoned)
+                });
+                assert!(matches!(failed, Err(StoreError::Poisoned)));
+                tx.attempt(|tx| -> Result<(), StoreError> {
+                    tx.tx.execute(
+                        "INSERT INTO clusters (name, status, tags, created_at)
+                         VALUES ('also', 'ACTIVE', '[]', 1)",
+                        [],
+                    )?;
+                    tx.touched.insert("mi-also".into());
+                    Ok(())
+                })
+            })
+            .expect("write");
+        assert_eq!(
+            s.list_clusters(None, 10).expect("list"),
+            vec!["also", "kept"]
+        );
+        assert_eq!(
+            written.instances.into_iter().collect::<Vec<_>>(),
+            vec!["mi-also"]
+        );
     }
 
     #[test]

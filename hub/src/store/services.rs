@@ -154,7 +154,36 @@ impl Store {
     }
 }
 
+/// A service's tasks that failed to start since the last of its tasks that reached RUNNING.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StartFailures {
+    pub count: u32,
+    /// When the hub recorded the latest of them (its clock).
+    pub last_at: Option<f64>,
+}
+
 impl Txn<'_> {
+    /// Tasks of the service stopped as `TaskFailedToStart` that never reached RUNNING,
+    /// newer than its newest task that did. Stopped tasks are kept an hour, so a failure
+    /// older than that no longer counts.
+    pub fn start_failures(&self, service_id: i64) -> Result<StartFailures, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached(
+                "SELECT COUNT(*), MAX(updated_at) FROM tasks
+                 WHERE service_id = ?1 AND last_status = 'STOPPED'
+                   AND stop_code = 'TaskFailedToStart' AND started_at IS NULL
+                   AND seq > COALESCE((SELECT MAX(seq) FROM tasks
+                                       WHERE service_id = ?1 AND started_at IS NOT NULL), 0)",
+            )?
+            .query_row(params![service_id], |r| {
+                Ok(StartFailures {
+                    count: r.get(0)?,
+                    last_at: r.get(1)?,
+                })
+            })?)
+    }
+
     pub fn service(&self, id: i64) -> Result<Option<ServiceRow>, StoreError> {
         Ok(self
             .tx

@@ -211,6 +211,15 @@ fn get_task(conn: &Connection, arn: &str) -> Result<Option<TaskRow>, StoreError>
     Ok(query_tasks(conn, "t.arn = ?1", &[&arn])?.into_iter().next())
 }
 
+/// What a service's plan needs of one of its live tasks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveServiceTask {
+    pub arn: String,
+    pub instance_id: String,
+    pub started_by: Option<String>,
+    pub last_status: TaskStatus,
+}
+
 /// What ListTasks selects. `None` fields do not filter.
 #[derive(Debug, Clone)]
 pub struct TaskFilter<'a> {
@@ -325,6 +334,35 @@ impl Store {
 }
 
 impl Txn<'_> {
+    /// Runs `f` inside a savepoint: on `Err` what `f` wrote is rolled back and the rest of
+    /// the transaction stands, so one bad message in a batch does not undo the others.
+    pub fn attempt<T, E: From<StoreError>>(
+        &mut self,
+        f: impl FnOnce(&mut Txn<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.tx
+            .prepare_cached("SAVEPOINT attempt")
+            .and_then(|mut s| s.execute([]))
+            .map_err(StoreError::from)?;
+        let touched = self.touched.clone();
+        match f(self) {
+            Ok(v) => {
+                self.tx
+                    .prepare_cached("RELEASE attempt")
+                    .and_then(|mut s| s.execute([]))
+                    .map_err(StoreError::from)?;
+                Ok(v)
+            }
+            Err(e) => {
+                self.tx
+                    .execute_batch("ROLLBACK TO attempt; RELEASE attempt")
+                    .map_err(StoreError::from)?;
+                self.touched = touched;
+                Err(e)
+            }
+        }
+    }
+
     pub fn task(&self, arn: &str) -> Result<Option<TaskRow>, StoreError> {
         get_task(&self.tx, arn)
     }
@@ -350,6 +388,28 @@ impl Txn<'_> {
              ORDER BY t.seq",
             &[&service_id],
         )
+    }
+
+    /// Live tasks of a service as its plan sees them, oldest first: four columns, not the
+    /// whole row, since the service loop reads them for every service every tick.
+    pub fn live_service_task_states(
+        &self,
+        service_id: i64,
+    ) -> Result<Vec<LiveServiceTask>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT arn, instance_id, started_by, last_status FROM tasks
+             WHERE service_id = ?1 AND desired_status = 'RUNNING' AND last_status <> 'STOPPED'
+             ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![service_id], |r| {
+            Ok(LiveServiceTask {
+                arn: r.get(0)?,
+                instance_id: r.get(1)?,
+                started_by: r.get(2)?,
+                last_status: parsed(r, 3, parse_task_status)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Tasks of a service not yet reported STOPPED, whatever their desired status.
