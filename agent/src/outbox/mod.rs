@@ -15,7 +15,10 @@
 //!   of it, in this order until it fits: (1) `Metric` records dropped oldest first, (2)
 //!   `State` and `Event` records coalesced to the latest per key, (3) `Log` records dropped
 //!   oldest first. Dropped records leave one marker record ("dropped N lines"/"dropped N
-//!   metrics") in place of the newest one dropped. `State`/`Event` are never dropped nor
+//!   metrics") in place of the newest one dropped. A marker or a coalesced record names the
+//!   seqs it stands for as ranges, and carries at most about 1.5 × `max_bytes / 64` of them
+//!   (16 to 4096): past that the next one starts, so a device that is
+//!   never acked keeps every frame readable. `State`/`Event` are never dropped nor
 //!   refused: if they alone fill the bound they go beyond it, `Metric`/`Log` appends fail
 //!   with [`OutboxError::Full`] until acks free space, and compaction waits for another
 //!   quarter of the bound of growth before it tries again.

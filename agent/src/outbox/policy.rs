@@ -1,6 +1,7 @@
 //! The pressure policy: compaction rewrites the sealed segments into one, leaving out acked
 //! records and, until the queue fits its target, (1) metrics oldest first, (2) all but the
-//! latest State/Event record per key, (3) logs oldest first. The output is fsynced and
+//! latest State/Event record per key (a few, once their lists of folded seqs reach
+//! [`max_ranges`]), (3) logs oldest first. The output is fsynced and
 //! renamed over the first input before the other inputs are deleted (see `segment`).
 
 use std::collections::HashMap;
@@ -13,6 +14,16 @@ use super::frame;
 use super::queue::Queue;
 use super::segment::{self, Segment, HEADER};
 use super::{Class, OutboxError, Record};
+
+/// How many ranges a marker or a coalesced record gathers before it is written and the next
+/// one starts, for a queue bound of `max_bytes`. Dropped or folded seqs are interleaved with
+/// other classes' seqs, so each is usually a range of its own: on a device that is never
+/// acked the lists would otherwise grow without end, past what one frame may hold
+/// (`max_bytes`), and the next open would cut the segment at that frame. A record carries at
+/// most about 1.5 times this many, 16 bytes each: well under a quarter of the bound.
+pub fn max_ranges(max_bytes: u64) -> usize {
+    usize::try_from((max_bytes / 64).clamp(16, 4096)).unwrap_or(4096)
+}
 
 /// Sorts ranges and merges overlapping or adjacent ones.
 pub fn normalize(v: &mut Vec<RangeInclusive<u64>>) {
@@ -50,10 +61,11 @@ struct Dropper {
     dropped: u64,
     finished: bool,
     unit: &'static str,
+    max_ranges: usize,
 }
 
 impl Dropper {
-    fn new(need: u64, last_seq: u64, unit: &'static str) -> Self {
+    fn new(need: u64, last_seq: u64, unit: &'static str, max_ranges: usize) -> Self {
         Self {
             need,
             last_seq,
@@ -62,23 +74,33 @@ impl Dropper {
             dropped: 0,
             finished: need == 0,
             unit,
+            max_ranges,
         }
     }
 
     /// `None` if the record was dropped and no marker is due; otherwise what to write.
     fn take(&mut self, rec: Record, size: u64) -> Option<Record> {
-        if self.finished {
+        let covers = rec.covers();
+        if self.finished || covers.len() > self.max_ranges / 2 {
+            // A marker about as full as markers get stays as it is.
             return Some(rec);
         }
         if !rec.is_marker() {
             self.dropped += 1;
         }
-        self.acc.extend(rec.covers());
+        self.acc.extend(covers);
         self.done_bytes += size;
         if self.done_bytes < self.need && rec.seq != self.last_seq {
-            return None;
+            if self.acc.len() >= self.max_ranges {
+                normalize(&mut self.acc);
+            }
+            if self.acc.len() < self.max_ranges {
+                return None;
+            }
+            // Full: this record becomes a marker, and the next dropped ones start another.
+        } else {
+            self.finished = true;
         }
-        self.finished = true;
         normalize(&mut self.acc);
         let n: u64 = self.acc.iter().map(|r| r.end() - r.start() + 1).sum();
         Some(Record {
@@ -150,8 +172,9 @@ impl Queue {
             segment::create_tmp(&self.cfg.dir, first.start, until).map_err(|e| {
                 OutboxError::io("create", self.cfg.dir.join(segment::name(first.start)), e)
             })?;
-        let mut metrics = Dropper::new(metric_need, last_metric, "metrics");
-        let mut logs = Dropper::new(log_need, last_log, "lines");
+        let max = max_ranges(self.cfg.max_bytes);
+        let mut metrics = Dropper::new(metric_need, last_metric, "metrics", max);
+        let mut logs = Dropper::new(log_need, last_log, "lines", max);
         let mut folds: HashMap<(bool, String), Vec<RangeInclusive<u64>>> = HashMap::new();
         let mut folded = 0u64;
         let mut written = HEADER;
@@ -181,9 +204,28 @@ impl Queue {
                                     rec.folded = std::mem::take(acc);
                                     Some(rec)
                                 } else {
-                                    folded += 1;
-                                    acc.extend(rec.covers());
-                                    None
+                                    let covers = rec.covers();
+                                    if covers.len() > max / 2 {
+                                        // As full as a record gets: kept as it is.
+                                        Some(rec)
+                                    } else {
+                                        if acc.len() + covers.len() > max {
+                                            normalize(acc);
+                                        }
+                                        if acc.len() + covers.len() > max {
+                                            // Full: this record is kept, carrying what
+                                            // was folded so far, and folding starts over.
+                                            let mut rec = rec;
+                                            acc.append(&mut rec.folded);
+                                            normalize(acc);
+                                            rec.folded = std::mem::take(acc);
+                                            Some(rec)
+                                        } else {
+                                            folded += 1;
+                                            acc.extend(covers);
+                                            None
+                                        }
+                                    }
                                 }
                             }
                             _ => Some(rec),
