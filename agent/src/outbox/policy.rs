@@ -42,6 +42,14 @@ pub fn normalize(v: &mut Vec<RangeInclusive<u64>>) {
     *v = out;
 }
 
+/// `rec` carrying the ranges folded into `acc` as well as its own; `acc` is left empty.
+fn carry(mut rec: Record, acc: &mut Vec<RangeInclusive<u64>>) -> Record {
+    acc.append(&mut rec.folded);
+    normalize(acc);
+    rec.folded = std::mem::take(acc);
+    rec
+}
+
 /// Which keyed class a record coalesces within.
 fn keyed(class: &Class) -> Option<(bool, &str)> {
     match class {
@@ -198,11 +206,7 @@ impl Queue {
                                 let latest = keys.get(&k).map_or(rec.seq, |e| e.0);
                                 let acc = folds.entry(k).or_default();
                                 if rec.seq == latest {
-                                    let mut rec = rec;
-                                    acc.append(&mut rec.folded);
-                                    normalize(acc);
-                                    rec.folded = std::mem::take(acc);
-                                    Some(rec)
+                                    Some(carry(rec, acc))
                                 } else {
                                     let covers = rec.covers();
                                     if covers.len() > max / 2 {
@@ -215,11 +219,7 @@ impl Queue {
                                         if acc.len() + covers.len() > max {
                                             // Full: this record is kept, carrying what
                                             // was folded so far, and folding starts over.
-                                            let mut rec = rec;
-                                            acc.append(&mut rec.folded);
-                                            normalize(acc);
-                                            rec.folded = std::mem::take(acc);
-                                            Some(rec)
+                                            Some(carry(rec, acc))
                                         } else {
                                             folded += 1;
                                             acc.extend(covers);
