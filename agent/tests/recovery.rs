@@ -180,6 +180,66 @@ fn containerd_restart_is_survived_and_exits_are_still_seen() {
     a.finish();
 }
 
+#[test]
+fn a_shim_that_never_answers_is_killed_and_the_start_tried_again() {
+    // A shim left half-started by an agent killed mid-create held every later create of
+    // that container forever: containerd waits on it with no deadline of its own. The
+    // fixture stands in for that shim on the first start of a container named "stuck-*".
+    let e = env();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let shims = scratch.path().join("shims");
+    std::fs::create_dir_all(&shims).expect("shims dir");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stuck-shim");
+    std::fs::copy(&fixture, shims.join("containerd-shim-runc-v2")).expect("install fixture");
+    let _stuck = KillPidInFile(shims.join("stuck-main.stuck"));
+    let cd = OwnContainerd::start_with_shims(&scratch.path().join("containerd"), Some(&shims));
+    let mut a = Agent::with(38, "stuckshim", &cd.socket(), "");
+    a.start();
+    let image = format!("{}/busybox:latest", e.registry);
+    let def = sh_task(&image, "stuck", "echo up; sleep 600");
+    a.apply(vec![task("stuck", def)]).expect("apply");
+
+    let t = a.wait_task(&arn("stuck"), Duration::from_secs(150), |t| {
+        t["lastStatus"] == "RUNNING" || t["lastStatus"] == "STOPPED"
+    });
+    assert_eq!(t["lastStatus"], "RUNNING", "{t:#}\n{}", a.log_tail());
+    let stuck: i32 = std::fs::read_to_string(shims.join("stuck-main.stuck"))
+        .expect("the fixture's stuck shim was started")
+        .trim()
+        .parse()
+        .expect("its pid");
+    let log = a.log_tail();
+    assert!(
+        log.contains("killed the container's shim") && log.contains(&stuck.to_string()),
+        "no word of the stuck shim {stuck} being killed:\n{log}"
+    );
+    let state = std::fs::read_to_string(format!("/proc/{stuck}/stat")).unwrap_or_default();
+    assert!(
+        state.is_empty() || state.contains(") Z "),
+        "the stuck shim still runs: {state}"
+    );
+    assert_eq!(a.containers(), vec!["stuck-main".to_string()]);
+    wait_for("the container's output", Duration::from_secs(10), || {
+        a.logs("stuck", "main").contains("up")
+    });
+    a.finish();
+}
+
+/// Kills the process whose pid is in the file, if any, when dropped: the fixture's stuck
+/// shim must not outlive a failed test.
+struct KillPidInFile(PathBuf);
+
+impl Drop for KillPidInFile {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.0) {
+            let _ = Command::new("kill")
+                .args(["-9", pid.trim()])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
 /// Copies the test image into a registry of this test's own, so that the test can take
 /// the registry away.
 fn own_registry(dir: &Path, port: u16, images: &Path) -> Child {

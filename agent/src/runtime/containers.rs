@@ -20,6 +20,11 @@ use super::{Containerd, SNAPSHOTTER};
 pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
 /// How often a task create is tried while an earlier, interrupted create settles.
 const CREATE_ATTEMPTS: u32 = 20;
+/// How long creating and starting a container's process may take before its shim is taken
+/// for stuck (`runtime::shim`). Generous: a first start on a slow SD card takes seconds.
+pub const START_DEADLINE: Duration = Duration::from_secs(30);
+/// How often a start is tried, a stuck shim killed before each retry.
+const START_TRIES: u32 = 3;
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 /// Labels the agent puts on every container it creates.
 pub const LABEL_TASK_ARN: &str = "skerry.task-arn";
@@ -33,6 +38,11 @@ pub enum ContainerError {
         id: String,
         status: tonic::Status,
     },
+    #[error(
+        "containerd did not create and start the process of {id} within {secs}s, {tries} \
+         times (its shim was killed each time): see containerd's log"
+    )]
+    StartTimeout { id: String, secs: u64, tries: u32 },
     #[error("health check in {id} timed out after {secs}s")]
     ExecTimeout { id: String, secs: u64 },
     #[error("cannot encode the runtime spec of {id}: {source}")]
@@ -170,8 +180,34 @@ impl Containerd {
     }
 
     /// Starts a new process for the container, replacing a stopped one. `stdio` is the
-    /// URI the shim sends stdout and stderr to.
+    /// URI the shim sends stdout and stderr to. A create and start that take longer than
+    /// [`START_DEADLINE`] are abandoned, the container's shim killed, and tried again.
     pub async fn start(&self, id: &str, stdio: &str) -> Result<u32, ContainerError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            if let Ok(r) = tokio::time::timeout(START_DEADLINE, self.start_once(id, stdio)).await {
+                return r;
+            }
+            let killed = super::shim::kill_all(self.socket(), self.namespace(), id);
+            if tries == START_TRIES {
+                return Err(ContainerError::StartTimeout {
+                    id: id.to_string(),
+                    secs: START_DEADLINE.as_secs(),
+                    tries,
+                });
+            }
+            tracing::warn!(
+                container = id,
+                ?killed,
+                "containerd did not create and start the process within {}s: killed the \
+                 container's shim, trying again",
+                START_DEADLINE.as_secs()
+            );
+        }
+    }
+
+    async fn start_once(&self, id: &str, stdio: &str) -> Result<u32, ContainerError> {
         let mut attempt = 0;
         loop {
             attempt += 1;

@@ -3,6 +3,7 @@
 //! (containers, tasks, content, diff, snapshots, images, leases, events, version).
 
 pub mod containers;
+pub mod shim;
 pub mod view;
 
 use std::path::{Path, PathBuf};
@@ -38,6 +39,7 @@ pub struct Containerd {
     channel: Channel,
     namespace: MetadataValue<tonic::metadata::Ascii>,
     namespace_name: String,
+    socket: PathBuf,
 }
 
 impl Containerd {
@@ -61,11 +63,17 @@ impl Containerd {
             channel,
             namespace: ns,
             namespace_name: namespace.to_string(),
+            socket: socket.to_path_buf(),
         })
     }
 
     pub fn namespace(&self) -> &str {
         &self.namespace_name
+    }
+
+    /// containerd's socket, as configured.
+    pub fn socket(&self) -> &Path {
+        &self.socket
     }
 
     /// Wraps a message in a request scoped to the agent's namespace.

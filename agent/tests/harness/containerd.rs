@@ -11,10 +11,18 @@ use super::wait_for;
 pub struct OwnContainerd {
     pub dir: PathBuf,
     child: Option<Child>,
+    /// Put before PATH: where containerd looks for its shim binaries first.
+    shims: Option<PathBuf>,
 }
 
 impl OwnContainerd {
     pub fn start(dir: &Path) -> Self {
+        Self::start_with_shims(dir, None)
+    }
+
+    /// Like [`OwnContainerd::start`], with `shims` searched before PATH for the shim
+    /// binaries (`containerd-shim-runc-v2`), so a test can put a wrapper in front.
+    pub fn start_with_shims(dir: &Path, shims: Option<&Path>) -> Self {
         std::fs::create_dir_all(dir).expect("containerd dir");
         std::fs::write(
             dir.join("containerd.toml"),
@@ -27,6 +35,7 @@ impl OwnContainerd {
         let mut c = Self {
             dir: dir.into(),
             child: None,
+            shims: shims.map(Path::to_path_buf),
         };
         c.restart();
         c
@@ -44,9 +53,13 @@ impl OwnContainerd {
             .append(true)
             .open(self.dir.join("containerd.log"))
             .expect("containerd log");
+        let mut cmd = Command::new("containerd");
+        if let Some(shims) = &self.shims {
+            let path = std::env::var("PATH").unwrap_or_default();
+            cmd.env("PATH", format!("{}:{path}", shims.display()));
+        }
         self.child = Some(
-            Command::new("containerd")
-                .arg("--config")
+            cmd.arg("--config")
                 .arg(self.dir.join("containerd.toml"))
                 .stdout(Stdio::null())
                 .stderr(log)
