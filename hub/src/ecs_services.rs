@@ -409,19 +409,6 @@ const CREATE_FIELDS: &[&str] = &[
     "clientToken",
 ];
 
-/// Places the rest of a DAEMON service's new tasks after the call's own transaction
-/// committed with the first [`scheduler::PLACE_BATCH`], a batch per transaction, before the
-/// call answers. The service stands either way: what fails here is logged and left to the
-/// service loop, which brings every service to its plan.
-fn place_pending(api: &Api, fleet: &Fleet, service: &ServiceRow, pending: &[String], now: f64) {
-    if pending.is_empty() {
-        return;
-    }
-    if let Err(e) = scheduler::place_pending(api, fleet, service.id, pending, now) {
-        tracing::warn!(service = %service.name, error = %e, "placing the service's tasks failed; the service loop retries");
-    }
-}
-
 fn create_service(api: &Api, fleet: &Fleet, body: Value, now: f64) -> Result<Value, ApiError> {
     let (input, unsupported): (CreateServiceInput, _) = split_input(body, CREATE_FIELDS)?;
     refuse_unsupported(&unsupported)?;
@@ -480,69 +467,59 @@ fn create_service(api: &Api, fleet: &Fleet, body: Value, now: f64) -> Result<Val
         return Err(invalid("clientToken must be 1 to 36 characters"));
     }
     let tags = tags_value(input.tags)?;
-    let (service, pending) = fleet
-        .write(
-            &api.store,
-            |tx| -> Result<(ServiceRow, Vec<String>), OpError> {
-                let (stored, _) = active_definition(tx, &family, revision)?;
-                if let Some(existing) = tx.service_by_name(&cluster, &name)? {
-                    match existing.status.as_str() {
-                        "ACTIVE"
-                            if existing.family == stored.family
-                                && existing.revision == stored.revision
-                                && existing.desired_count == desired
-                                && existing.scheduling_strategy == strategy =>
-                        {
-                            // The same request again (a retry) is answered with what it made.
-                            return Ok((existing, Vec::new()));
-                        }
-                        "ACTIVE" => {
-                            return Err(invalid(format!(
-                                "Creation of service was not idempotent: {name} already exists in \
-                             cluster {cluster}; change it with update-service"
-                            ))
-                            .into())
-                        }
-                        "DRAINING" => {
-                            return Err(invalid(format!(
-                                "Unable to Start a service that is still Draining: {name} in \
-                             cluster {cluster} is being deleted; wait until it is INACTIVE"
-                            ))
-                            .into())
-                        }
-                        _ => {}
+    let service = fleet
+        .write(&api.store, |tx| -> Result<ServiceRow, OpError> {
+            let (stored, _) = active_definition(tx, &family, revision)?;
+            if let Some(existing) = tx.service_by_name(&cluster, &name)? {
+                match existing.status.as_str() {
+                    "ACTIVE"
+                        if existing.family == stored.family
+                            && existing.revision == stored.revision
+                            && existing.desired_count == desired
+                            && existing.scheduling_strategy == strategy =>
+                    {
+                        // The same request again (a retry) is answered with what it made.
+                        return Ok(existing);
                     }
+                    "ACTIVE" => {
+                        return Err(invalid(format!(
+                            "Creation of service was not idempotent: {name} already exists in \
+                             cluster {cluster}; change it with update-service"
+                        ))
+                        .into())
+                    }
+                    "DRAINING" => {
+                        return Err(invalid(format!(
+                            "Unable to Start a service that is still Draining: {name} in \
+                             cluster {cluster} is being deleted; wait until it is INACTIVE"
+                        ))
+                        .into())
+                    }
+                    _ => {}
                 }
-                let mut s = ServiceRow {
-                    id: 0,
-                    cluster: cluster.clone(),
-                    name: name.clone(),
-                    status: "ACTIVE".into(),
-                    family: stored.family,
-                    revision: stored.revision,
-                    desired_count: desired,
-                    scheduling_strategy: strategy.clone(),
-                    maximum_percent: max,
-                    minimum_healthy_percent: min,
-                    deployment_id: new_deployment_id(),
-                    deployment_created_at: now,
-                    tags: tags.clone(),
-                    created_at: now,
-                    updated_at: now,
-                };
-                tx.insert_service(&mut s)?;
-                let placed = scheduler::reconcile_service_limited(
-                    tx,
-                    api,
-                    s.id,
-                    now,
-                    scheduler::PLACE_BATCH,
-                )?;
-                Ok((s, placed.pending))
-            },
-        )
+            }
+            let mut s = ServiceRow {
+                id: 0,
+                cluster: cluster.clone(),
+                name: name.clone(),
+                status: "ACTIVE".into(),
+                family: stored.family,
+                revision: stored.revision,
+                desired_count: desired,
+                scheduling_strategy: strategy.clone(),
+                maximum_percent: max,
+                minimum_healthy_percent: min,
+                deployment_id: new_deployment_id(),
+                deployment_created_at: now,
+                tags: tags.clone(),
+                created_at: now,
+                updated_at: now,
+            };
+            tx.insert_service(&mut s)?;
+            scheduler::reconcile_service(tx, api, s.id, now)?;
+            Ok(s)
+        })
         .map_err(OpError::into_api)?;
-    place_pending(api, fleet, &service, &pending, now);
     let v = service_json(api, &service, true).map_err(server)?;
     Ok(json!({ "service": v }))
 }
@@ -586,61 +563,50 @@ fn update_service(api: &Api, fleet: &Fleet, body: Value, now: f64) -> Result<Val
         Some(r) => Some(parse_task_definition(api, r)?),
         None => None,
     };
-    let (service, pending) = fleet
-        .write(
-            &api.store,
-            |tx| -> Result<(ServiceRow, Vec<String>), OpError> {
-                let mut s = tx
-                    .service_by_name(&cluster, &name)?
-                    .ok_or_else(|| not_found(&cluster, &name))?;
-                if s.status != "ACTIVE" {
-                    return Err(not_active(&s).into());
-                }
-                let daemon = s.scheduling_strategy == "DAEMON";
-                if let Some(n) = input.desired_count {
-                    if daemon {
-                        return Err(invalid(
+    let service = fleet
+        .write(&api.store, |tx| -> Result<ServiceRow, OpError> {
+            let mut s = tx
+                .service_by_name(&cluster, &name)?
+                .ok_or_else(|| not_found(&cluster, &name))?;
+            if s.status != "ACTIVE" {
+                return Err(not_active(&s).into());
+            }
+            let daemon = s.scheduling_strategy == "DAEMON";
+            if let Some(n) = input.desired_count {
+                if daemon {
+                    return Err(invalid(
                         "desiredCount cannot be changed for a DAEMON service: it runs one task \
                          per ACTIVE instance",
                     )
                     .into());
-                    }
-                    s.desired_count = n;
                 }
-                let (max, min) = deployment_configuration(
-                    &input.deployment_configuration,
-                    (s.maximum_percent, s.minimum_healthy_percent),
-                )?;
-                s.maximum_percent = max;
-                s.minimum_healthy_percent = min;
-                let mut new_deployment = input.force_new_deployment.unwrap_or(false);
-                if let Some((family, revision)) = &reference {
-                    let (stored, _) = active_definition(tx, family, *revision)?;
-                    if (stored.family.as_str(), stored.revision) != (s.family.as_str(), s.revision)
-                    {
-                        s.family = stored.family;
-                        s.revision = stored.revision;
-                        new_deployment = true;
-                    }
+                s.desired_count = n;
+            }
+            let (max, min) = deployment_configuration(
+                &input.deployment_configuration,
+                (s.maximum_percent, s.minimum_healthy_percent),
+            )?;
+            s.maximum_percent = max;
+            s.minimum_healthy_percent = min;
+            let mut new_deployment = input.force_new_deployment.unwrap_or(false);
+            if let Some((family, revision)) = &reference {
+                let (stored, _) = active_definition(tx, family, *revision)?;
+                if (stored.family.as_str(), stored.revision) != (s.family.as_str(), s.revision) {
+                    s.family = stored.family;
+                    s.revision = stored.revision;
+                    new_deployment = true;
                 }
-                if new_deployment {
-                    s.deployment_id = new_deployment_id();
-                    s.deployment_created_at = now;
-                }
-                s.updated_at = now;
-                tx.update_service(&s)?;
-                let placed = scheduler::reconcile_service_limited(
-                    tx,
-                    api,
-                    s.id,
-                    now,
-                    scheduler::PLACE_BATCH,
-                )?;
-                Ok((s, placed.pending))
-            },
-        )
+            }
+            if new_deployment {
+                s.deployment_id = new_deployment_id();
+                s.deployment_created_at = now;
+            }
+            s.updated_at = now;
+            tx.update_service(&s)?;
+            scheduler::reconcile_service(tx, api, s.id, now)?;
+            Ok(s)
+        })
         .map_err(OpError::into_api)?;
-    place_pending(api, fleet, &service, &pending, now);
     let v = service_json(api, &service, false).map_err(server)?;
     Ok(json!({ "service": v }))
 }

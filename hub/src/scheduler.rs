@@ -37,11 +37,6 @@ pub const THROTTLE_BASE: Duration = Duration::from_secs(10);
 pub const THROTTLE_MAX: Duration = Duration::from_secs(15 * 60);
 /// Task ids are 32 hex digits, as in ECS.
 const TASK_ID_BYTES: usize = 16;
-/// A DAEMON service's new tasks placed in one transaction at most. A fleet-wide change
-/// commits a batch at a time ([`place_pending`]): the first documents go out while the rest
-/// of the fleet is being placed, and the store is free between batches for the publisher and
-/// the devices' answers, instead of all waiting for one transaction over every instance.
-pub const PLACE_BATCH: usize = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchedError {
@@ -632,9 +627,6 @@ pub fn short_id(arn: &str) -> &str {
 pub struct ServiceOutcome {
     pub started: Vec<String>,
     pub stopped: Vec<String>,
-    /// Instances a DAEMON service's plan places a task on that this pass left for
-    /// [`place_pending`] (beyond its limit).
-    pub pending: Vec<String>,
 }
 
 fn tasks_list(arns: &[String]) -> String {
@@ -652,18 +644,6 @@ pub fn reconcile_service(
     api: &Api,
     service_id: i64,
     now: f64,
-) -> Result<ServiceOutcome, SchedError> {
-    reconcile_service_limited(tx, api, service_id, now, usize::MAX)
-}
-
-/// [`reconcile_service`] placing at most `limit` of a DAEMON service's new tasks; the
-/// instances left are the outcome's `pending`, for [`place_pending`] once this commits.
-pub fn reconcile_service_limited(
-    tx: &mut Txn<'_>,
-    api: &Api,
-    service_id: i64,
-    now: f64,
-    limit: usize,
 ) -> Result<ServiceOutcome, SchedError> {
     let mut out = ServiceOutcome::default();
     let Some(mut s) = tx.service(service_id)? else {
@@ -701,7 +681,7 @@ pub fn reconcile_service_limited(
         })
         .collect();
     let daemon = s.scheduling_strategy == "DAEMON";
-    let mut plan = if daemon {
+    let plan = if daemon {
         plan_daemon(&tx.active_instance_ids(&s.cluster)?, &tasks)
     } else {
         plan_replica(
@@ -719,9 +699,6 @@ pub fn reconcile_service_limited(
     }
     let mut unplaced: Option<String> = None;
     let starting = plan.start > 0 || !plan.start_on.is_empty();
-    if plan.start_on.len() > limit.max(1) {
-        out.pending = plan.start_on.split_off(limit.max(1));
-    }
     let failures = if starting {
         tx.start_failures(s.id)?
     } else {
@@ -733,7 +710,6 @@ pub fn reconcile_service_limited(
         .is_some_and(|at| now < at + wait.as_secs_f64())
     {
         // The same words while the wait lasts, so the event is said once.
-        out.pending.clear();
         unplaced = Some(format!(
             "(service {}) is unable to consistently start tasks successfully: {} tasks in a \
              row failed to start; the next one is placed {} s after the last failure.",
@@ -744,7 +720,17 @@ pub fn reconcile_service_limited(
     } else if starting {
         match load_definition(tx, &s.family, Some(s.revision)) {
             Ok(Some((_, definition))) => {
-                let spec = service_spec(&s, definition);
+                let spec = TaskSpec {
+                    cluster: s.cluster.clone(),
+                    family: s.family.clone(),
+                    revision: s.revision,
+                    definition,
+                    group: service_group(&s),
+                    started_by: Some(s.deployment_id.clone()),
+                    service_id: Some(s.id),
+                    client_token: None,
+                    tags: Value::Array(Vec::new()),
+                };
                 let mut batches: Vec<Result<Placed, SchedError>> = Vec::new();
                 if plan.start > 0 {
                     batches.push(run_tasks(tx, api, &spec, plan.start, None, now));
@@ -757,7 +743,15 @@ pub fn reconcile_service_limited(
                         Ok(placed) => {
                             out.started.extend(placed.tasks.into_iter().map(|t| t.arn));
                             if let Some(f) = placed.failures.first() {
-                                unplaced = Some(no_room(&s.name, f));
+                                unplaced = Some(format!(
+                                    "(service {}) was unable to place a task because no container \
+                                     instance met all of its requirements. The closest matching \
+                                     (container-instance {}) has insufficient {} available. {}",
+                                    s.name,
+                                    short_id(&f.arn),
+                                    f.shortage.what(),
+                                    f.detail
+                                ));
                             }
                         }
                         Err(SchedError::NoInstances { cluster }) => {
@@ -773,14 +767,12 @@ pub fn reconcile_service_limited(
                 }
             }
             Ok(None) => {
-                out.pending.clear();
                 unplaced = Some(format!(
                     "(service {}) was unable to start tasks: task definition {}:{} no longer exists",
                     s.name, s.family, s.revision
                 ));
             }
             Err(SchedError::BadDefinition { message, .. }) => {
-                out.pending.clear();
                 unplaced = Some(format!(
                     "(service {}) was unable to start tasks: task definition {}:{}: {message}",
                     s.name, s.family, s.revision
@@ -803,7 +795,13 @@ pub fn reconcile_service_limited(
         say(tx, m)?;
     }
     if !out.started.is_empty() {
-        say(tx, started_message(&s.name, &out.started))?;
+        let m = format!(
+            "(service {}) has started {} tasks: {}.",
+            s.name,
+            out.started.len(),
+            tasks_list(&out.started)
+        );
+        say(tx, m)?;
     }
     match unplaced {
         // The same complaint once, not every tick.
@@ -822,120 +820,6 @@ pub fn reconcile_service_limited(
         None => {}
     }
     Ok(out)
-}
-
-/// The task a service places, of its current deployment.
-fn service_spec(s: &ServiceRow, definition: TaskDefinition) -> TaskSpec {
-    TaskSpec {
-        cluster: s.cluster.clone(),
-        family: s.family.clone(),
-        revision: s.revision,
-        definition,
-        group: service_group(s),
-        started_by: Some(s.deployment_id.clone()),
-        service_id: Some(s.id),
-        client_token: None,
-        tags: Value::Array(Vec::new()),
-    }
-}
-
-fn started_message(service: &str, arns: &[String]) -> String {
-    format!(
-        "(service {service}) has started {} tasks: {}.",
-        arns.len(),
-        tasks_list(arns)
-    )
-}
-
-fn no_room(service: &str, f: &Failure) -> String {
-    format!(
-        "(service {service}) was unable to place a task because no container instance met all \
-         of its requirements. The closest matching (container-instance {}) has insufficient {} \
-         available. {}",
-        short_id(&f.arn),
-        f.shortage.what(),
-        f.detail
-    )
-}
-
-/// Places the DAEMON service's task on those of `pending` (what
-/// [`reconcile_service_limited`] left) that still lack one, [`PLACE_BATCH`] instances per
-/// transaction, each committed, and so its documents on their way, before the next is
-/// placed. Each batch reads the service again: once it is no longer an ACTIVE DAEMON
-/// service the rest is left (the service loop brings it to its plan). Instances no longer
-/// ACTIVE, or that got a task of the service meanwhile, are skipped. The tasks started.
-pub fn place_pending(
-    api: &Api,
-    fleet: &Fleet,
-    service_id: i64,
-    pending: &[String],
-    now: f64,
-) -> Result<Vec<String>, SchedError> {
-    let mut started = Vec::new();
-    for batch in pending.chunks(PLACE_BATCH) {
-        match fleet.write(&api.store, |tx| {
-            place_daemon_batch(tx, api, service_id, batch, now)
-        })? {
-            Some(arns) => started.extend(arns),
-            None => break,
-        }
-    }
-    Ok(started)
-}
-
-/// One batch of [`place_pending`]; `None` when the service is no longer an ACTIVE DAEMON one.
-fn place_daemon_batch(
-    tx: &mut Txn<'_>,
-    api: &Api,
-    service_id: i64,
-    instances: &[String],
-    now: f64,
-) -> Result<Option<Vec<String>>, SchedError> {
-    let Some(s) = tx.service(service_id)? else {
-        return Ok(None);
-    };
-    if s.status != "ACTIVE" || s.scheduling_strategy != "DAEMON" {
-        return Ok(None);
-    }
-    let Some((_, definition)) = load_definition(tx, &s.family, Some(s.revision))? else {
-        return Ok(None);
-    };
-    let spec = service_spec(&s, definition);
-    let demand = Demand::of(&spec.definition);
-    let mut started = Vec::new();
-    let mut failure = None;
-    for load in tx.placement_loads_of(&spec.cluster, &spec.group, instances)? {
-        // A live task of the service's group here already: the plan is met.
-        if load.group_tasks > 0 {
-            continue;
-        }
-        let mut candidates = [Candidate::from(&load)];
-        match place(&mut candidates, &demand, 1).remove(0) {
-            Ok(_) => {
-                let mut row = new_task(api, &spec, &candidates[0], now);
-                tx.save_task(None, &mut row, now)?;
-                started.push(row.arn);
-            }
-            Err(u) => {
-                failure.get_or_insert_with(|| Failure {
-                    arn: candidates[0].arn.clone(),
-                    shortage: u.shortage,
-                    detail: shortage_detail(&u, &candidates, &demand),
-                });
-            }
-        }
-    }
-    if !started.is_empty() {
-        tx.add_service_event(s.id, now, &started_message(&s.name, &started))?;
-    }
-    if let Some(f) = failure {
-        let m = no_room(&s.name, &f);
-        // The same complaint once.
-        if tx.last_service_event(s.id)?.as_deref() != Some(m.as_str()) {
-            tx.add_service_event(s.id, now, &m)?;
-        }
-    }
-    Ok(Some(started))
 }
 
 /// The service loop: every [`SERVICE_TICK`], and whenever the fleet says a service may need
@@ -970,15 +854,7 @@ pub async fn run(api: Arc<Api>, fleet: Arc<Fleet>, shutdown: CancellationToken) 
 /// One pass of the service loop.
 pub fn reconcile_all(api: &Api, fleet: &Fleet, now: f64, sweep: bool) -> Result<(), SchedError> {
     for id in api.store.live_service_ids()? {
-        let outcome = fleet
-            .write(&api.store, |tx| {
-                reconcile_service_limited(tx, api, id, now, PLACE_BATCH)
-            })
-            .and_then(|mut o| {
-                let rest = std::mem::take(&mut o.pending);
-                o.started.extend(place_pending(api, fleet, id, &rest, now)?);
-                Ok(o)
-            });
+        let outcome = fleet.write(&api.store, |tx| reconcile_service(tx, api, id, now));
         match outcome {
             Ok(o) if !o.started.is_empty() || !o.stopped.is_empty() => {
                 tracing::info!(
@@ -1606,77 +1482,6 @@ pub(crate) mod tests {
             .expect("get")
             .expect("task");
         assert_eq!(t.instance_id, instance_id(2));
-        assert_eq!(pass(&hub, id, 4.0), ServiceOutcome::default());
-    }
-
-    #[test]
-    fn a_daemon_service_placed_in_batches_gets_one_task_per_instance() {
-        let hub = hub();
-        for n in 1..=5 {
-            // Instance 4 has no room for the task.
-            let memory = if n == 4 { 32 } else { 4096 };
-            add_instance(&hub, n, 4096, memory);
-        }
-        register(&hub, web(64));
-        let id = add_service(&hub, "agent", 0, "DAEMON");
-        let first = hub
-            .fleet
-            .write(&hub.api.store, |tx| {
-                reconcile_service_limited(tx, &hub.api, id, 2.0, 2)
-            })
-            .expect("first batch");
-        assert_eq!(first.started.len(), 2);
-        assert_eq!(
-            first.pending,
-            [instance_id(3), instance_id(4), instance_id(5)]
-        );
-        // Meanwhile the service loop placed on instance 5: the batch leaves it alone.
-        let loop_pass = pass(&hub, id, 2.5);
-        assert_eq!(loop_pass.started.len(), 2, "{loop_pass:?}");
-        let rest = place_pending(&hub.api, &hub.fleet, id, &first.pending, 3.0).expect("rest");
-        assert!(rest.is_empty(), "{rest:?}");
-
-        let on = |n: u32| {
-            hub.api
-                .store
-                .instance_loads("edge", Some(&instance_id(n)))
-                .expect("load")[0]
-                .pending
-        };
-        assert_eq!([on(1), on(2), on(3), on(4), on(5)], [1, 1, 1, 0, 1]);
-        assert_eq!(pass(&hub, id, 4.0).started, Vec::<String>::new());
-    }
-
-    #[test]
-    fn pending_instances_are_placed_after_the_first_batch_commits() {
-        let hub = hub();
-        for n in 1..=4 {
-            add_instance(&hub, n, 4096, 4096);
-        }
-        register(&hub, web(64));
-        let id = add_service(&hub, "agent", 0, "DAEMON");
-        let first = hub
-            .fleet
-            .write(&hub.api.store, |tx| {
-                reconcile_service_limited(tx, &hub.api, id, 2.0, 1)
-            })
-            .expect("first batch");
-        assert_eq!(first.pending.len(), 3);
-        // The first batch's instance is dirty (its document changed) before the rest is placed.
-        assert_eq!(hub.fleet.take_dirty(), [instance_id(1)]);
-        let rest = place_pending(&hub.api, &hub.fleet, id, &first.pending, 3.0).expect("rest");
-        assert_eq!(rest.len(), 3);
-        assert_eq!(
-            hub.fleet.take_dirty(),
-            [instance_id(2), instance_id(3), instance_id(4)]
-        );
-        let events = hub.api.store.service_events(id, 10).expect("events");
-        assert!(
-            events
-                .iter()
-                .any(|e| e.message.starts_with("(service agent) has started 3 tasks")),
-            "{events:?}"
-        );
         assert_eq!(pass(&hub, id, 4.0), ServiceOutcome::default());
     }
 }

@@ -63,34 +63,19 @@ pub struct InstanceLoad {
     pub pending: i64,
 }
 
-/// Which instances [`instance_loads`] reads.
-#[derive(Clone, Copy)]
-enum Only<'a> {
-    All,
-    One(&'a str),
-    /// These, looked up by key: a DAEMON service placing in batches reads each batch's.
-    Some(&'a [String]),
-}
-
 fn instance_loads(
     conn: &Connection,
     cluster: &str,
     group: &str,
     active_only: bool,
-    only: Only<'_>,
+    only: Option<&str>,
 ) -> Result<Vec<InstanceLoad>, StoreError> {
     // One instance is looked up by its key: a DAEMON service asks once per instance, and a
     // scan of the cluster each time made placing on N instances take N² steps.
-    let instance_filter = match only {
-        Only::All => "1".to_string(),
-        Only::One(_) => "i.id = ?4".to_string(),
-        Only::Some(ids) => format!(
-            "i.id IN ({})",
-            (0..ids.len())
-                .map(|n| format!("?{}", n + 4))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+    let instance_filter = if only.is_some() {
+        "i.id = ?4"
+    } else {
+        "?4 IS NULL"
     };
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT i.id, i.arn, i.status, i.cpu_units, i.memory_mib,
@@ -105,13 +90,7 @@ fn instance_loads(
          WHERE {instance_filter} AND i.cluster = ?1 AND (?3 = 0 OR i.status = 'ACTIVE')
          GROUP BY i.id ORDER BY i.id"
     ))?;
-    let mut args: Vec<&dyn rusqlite::ToSql> = vec![&cluster, &group, &active_only];
-    match &only {
-        Only::All => {}
-        Only::One(id) => args.push(id),
-        Only::Some(ids) => args.extend(ids.iter().map(|id| id as &dyn rusqlite::ToSql)),
-    }
-    let rows = stmt.query_map(args.as_slice(), |r| {
+    let rows = stmt.query_map(params![cluster, group, active_only, only], |r| {
         let ports: String = r.get(7)?;
         Ok(InstanceLoad {
             id: r.get(0)?,
@@ -210,7 +189,6 @@ impl Store {
         cluster: &str,
         only: Option<&str>,
     ) -> Result<Vec<InstanceLoad>, StoreError> {
-        let only = only.map_or(Only::All, Only::One);
         instance_loads(&*self.conn()?, cluster, "", false, only)
     }
 
@@ -337,22 +315,7 @@ impl Txn<'_> {
         group: &str,
         only: Option<&str>,
     ) -> Result<Vec<InstanceLoad>, StoreError> {
-        let only = only.map_or(Only::All, Only::One);
         instance_loads(&self.tx, cluster, group, true, only)
-    }
-
-    /// [`Txn::placement_loads`] of these instances (those of them ACTIVE in the cluster), in
-    /// id order, in one statement.
-    pub fn placement_loads_of(
-        &self,
-        cluster: &str,
-        group: &str,
-        ids: &[String],
-    ) -> Result<Vec<InstanceLoad>, StoreError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        instance_loads(&self.tx, cluster, group, true, Only::Some(ids))
     }
 
     /// Ids of the cluster's ACTIVE instances.
