@@ -47,6 +47,12 @@ const REQUESTS: usize = 1024;
 /// devices).
 const DOCUMENTS_IN_FLIGHT: usize = REQUESTS / 2;
 const _: () = assert!(DOCUMENTS_IN_FLIGHT + INGEST_BATCH < REQUESTS);
+/// The MQTT client's own limit of QoS 1 publishes awaiting the broker's PubAck: above
+/// [`DOCUMENTS_IN_FLIGHT`], so that the documents never fill it. While it is full the client
+/// takes no request at all, the worker's acks included (its default of 100 held the acks
+/// behind documents during a fleet-wide change).
+const CLIENT_INFLIGHT: u16 = DOCUMENTS_IN_FLIGHT as u16 + 1;
+const _: () = assert!(DOCUMENTS_IN_FLIGHT < u16::MAX as usize);
 /// Device messages between the event loop and the worker that applies them.
 pub const WORK_QUEUE: usize = 1024;
 /// What `broker-config` sets as the broker's `max_inflight_messages`: below [`WORK_QUEUE`].
@@ -98,6 +104,7 @@ impl Link {
         opts.set_keep_alive(KEEP_ALIVE)
             .set_clean_session(false)
             .set_manual_acks(true)
+            .set_inflight(CLIENT_INFLIGHT)
             .set_max_packet_size(MAX_PACKET, MAX_PACKET)
             .set_transport(Transport::tls_with_config(
                 rumqttc::TlsConfiguration::Rustls(Arc::new(tls(ca)?)),
