@@ -175,8 +175,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         .mode(0o700)
         .create(&cfg.data_dir)
         .with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
+    // Held until the daemon exits, before anything in data_dir is touched.
+    let _lock = lock_data_dir(&cfg.data_dir).await?;
     let agent_bin = std::env::current_exe().context("cannot find the agent's own binary")?;
     let store = Store::open(&cfg.state_db())?;
+    tokio::spawn(store.close_when_idle(skerry_agent::store::IDLE_CLOSE));
     let cd = Containerd::connect(&cfg.containerd_socket, &cfg.namespace).await?;
     let images = ImageStore::new(
         cd.clone(),
@@ -271,6 +274,54 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     control.await.context("control socket task")??;
     Ok(())
+}
+
+/// One daemon per data directory: an exclusive lock on `data_dir/agent.lock` for the
+/// daemon's life, with its pid inside for the message a second one gets. (The state store
+/// is not always open, so its own lock does not say whether a daemon runs.)
+async fn lock_data_dir(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    use nix::fcntl::{Flock, FlockArg};
+    use std::io::{Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("agent.lock");
+    // A daemon killed while spawning a child (a CNI plugin) leaves the child holding the
+    // lock until it has exec'ed: a restart waits that out.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(mut lock) => {
+                let written = lock
+                    .set_len(0)
+                    .and_then(|()| lock.rewind())
+                    .and_then(|()| writeln!(lock, "{}", std::process::id()));
+                written.with_context(|| format!("cannot write {}", path.display()))?;
+                return Ok(lock);
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                let pid = std::fs::read_to_string(&path).unwrap_or_default();
+                bail!(
+                    "data_dir {} is in use by another skerry-agent (pid {}): stop that one, \
+                     or give this one its own data_dir",
+                    dir.display(),
+                    pid.trim()
+                );
+            }
+            Err((_, e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        }
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

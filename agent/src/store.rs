@@ -3,10 +3,17 @@
 //! static musl binary), ACID with copy-on-write pages and checksummed commits (a power cut
 //! leaves the last committed state), and one file. A document is committed here before the
 //! reconciler acts on it.
+//!
+//! The file is open only while the agent uses it: redb 2 keeps its allocator state in
+//! memory while a file is open, about 0.6 MiB whatever the file's size, and a device
+//! running its tasks writes here only when one of them changes state. After
+//! [`IDLE_CLOSE`] unused the database is closed (which commits that state, one fsync), and
+//! the next operation opens it again (a cleanly closed file opens without a repair).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, TryLockError, Weak};
+use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
@@ -15,11 +22,14 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 const DESIRED_KEY: &str = "desired";
 /// How long opening waits for another holder of the file's lock to let go.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+const LOCK_WAIT: Duration = Duration::from_secs(10);
 /// redb's page cache (default 1 GiB) keeps every page it reads or writes, so it grows with
 /// the file, and a new database keeps the ~0.5 MiB of allocator pages it writes at creation.
 /// The records are a few KiB per task, read once at start; commits need only a B-tree path.
 const CACHE_BYTES: usize = 256 * 1024;
+/// How long the database stays open after its last use. Long enough that a task starting
+/// or an apply (a few commits within a second or two) opens it once.
+pub const IDLE_CLOSE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -39,12 +49,15 @@ pub struct Store {
 }
 
 struct Inner {
-    /// None only while it is being reopened.
+    /// None while closed (idle, or a reopen failed): the next operation opens it.
     db: RwLock<Option<Database>>,
     path: PathBuf,
     /// redb refuses every transaction after one failed write ("previous I/O error", e.g. a
     /// full disk) until the database is opened again; the next operation does that.
     poisoned: AtomicBool,
+    /// The last operation's start, in milliseconds since `epoch`.
+    last_use: AtomicU64,
+    epoch: Instant,
 }
 
 /// The open database, held for one operation: a reopen waits until it is dropped.
@@ -62,14 +75,23 @@ impl std::ops::Deref for Db<'_> {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Self::open_db(path)?;
-        Ok(Self {
+        let store = Self {
             inner: Arc::new(Inner {
-                db: RwLock::new(Some(db)),
+                db: RwLock::new(Some(Self::open_db(path)?)),
                 path: path.into(),
                 poisoned: AtomicBool::new(false),
+                last_use: AtomicU64::new(0),
+                epoch: Instant::now(),
             }),
-        })
+        };
+        // Create the tables once so readers never meet a missing one.
+        let db = store.db()?;
+        let tx = db.begin_write().map_err(|e| store.err(e))?;
+        tx.open_table(META).map_err(|e| store.err(e))?;
+        tx.open_table(TASKS).map_err(|e| store.err(e))?;
+        tx.commit().map_err(|e| store.err(e))?;
+        drop(db);
+        Ok(store)
     }
 
     fn open_db(path: &Path) -> Result<Database, StoreError> {
@@ -77,45 +99,103 @@ impl Store {
             path: path.into(),
             message: e.to_string(),
         };
-        let deadline = std::time::Instant::now() + LOCK_WAIT;
-        let db = loop {
+        let deadline = Instant::now() + LOCK_WAIT;
+        loop {
             match Database::builder().set_cache_size(CACHE_BYTES).create(path) {
                 // A process killed while spawning a child (a CNI plugin) leaves the child
                 // holding the file's lock until it has exec'ed: wait that out.
-                Err(redb::DatabaseError::DatabaseAlreadyOpen)
-                    if std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(100));
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
                 }
-                r => break r.map_err(|e| err(&e))?,
+                r => break r.map_err(|e| err(&e)),
             }
-        };
-        // Create the tables once so readers never meet a missing one.
-        let tx = db.begin_write().map_err(|e| err(&e))?;
-        tx.open_table(META).map_err(|e| err(&e))?;
-        tx.open_table(TASKS).map_err(|e| err(&e))?;
-        tx.commit().map_err(|e| err(&e))?;
-        Ok(db)
+        }
     }
 
-    /// The database, opened again first if an I/O error poisoned it. The guard keeps a
-    /// reopen from closing it under a transaction.
+    /// The database, opened first if it is closed or an I/O error poisoned it. The guard
+    /// keeps a reopen or an idle close from closing it under a transaction.
     fn db(&self) -> Result<Db<'_>, StoreError> {
-        if self.inner.poisoned.load(Ordering::Acquire) {
+        // Before the open, so that an idle close cannot come between the two.
+        self.inner.last_use.store(self.now_ms(), Ordering::Release);
+        loop {
+            let r = self.inner.db.read().unwrap_or_else(|p| p.into_inner());
+            if r.is_some() && !self.inner.poisoned.load(Ordering::Acquire) {
+                return Ok(Db(r));
+            }
+            drop(r);
             let mut w = self.inner.db.write().unwrap_or_else(|p| p.into_inner());
-            if self.inner.poisoned.load(Ordering::Acquire) {
+            let poisoned = self.inner.poisoned.load(Ordering::Acquire);
+            if poisoned {
                 // redb allows one open handle per file: the old one goes first.
                 drop(w.take());
+            }
+            if w.is_none() {
                 *w = Some(Self::open_db(&self.inner.path)?);
                 self.inner.poisoned.store(false, Ordering::Release);
-                tracing::info!(path = %self.inner.path.display(), "state store reopened after an I/O error");
+                if poisoned {
+                    tracing::info!(path = %self.inner.path.display(), "state store reopened after an I/O error");
+                }
             }
         }
-        let r = self.inner.db.read().unwrap_or_else(|p| p.into_inner());
-        if r.is_none() {
-            return Err(self.err(redb::Error::PreviousIo));
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// How long since the last operation began.
+    fn idle_for(&self) -> Duration {
+        let last = self.inner.last_use.load(Ordering::Acquire);
+        Duration::from_millis(self.now_ms().saturating_sub(last))
+    }
+
+    /// Closes the database if no operation began within `idle` and none is running; the
+    /// next operation opens it again. Returns whether it closed it.
+    pub fn close_if_idle(&self, idle: Duration) -> bool {
+        let mut w = match self.inner.db.try_write() {
+            Ok(w) => w,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return false,
+        };
+        if w.is_none() || self.idle_for() < idle {
+            return false;
         }
-        Ok(Db(r))
+        // Dropping it commits redb's allocator state and syncs the file.
+        drop(w.take());
+        tracing::debug!(path = %self.inner.path.display(), "state store closed while idle");
+        true
+    }
+
+    fn is_open(&self) -> bool {
+        self.inner
+            .db
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Closes the database each time it has been unused for `idle` (the daemon spawns
+    /// this with [`IDLE_CLOSE`]). Ends once every other handle to the store is dropped.
+    pub fn close_when_idle(&self, idle: Duration) -> impl std::future::Future<Output = ()> {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        async move {
+            loop {
+                let wait = match weak.upgrade() {
+                    None => return,
+                    Some(inner) => {
+                        let store = Store { inner };
+                        if store.close_if_idle(idle) || !store.is_open() {
+                            idle
+                        } else {
+                            // Until it would have been idle long enough.
+                            idle.saturating_sub(store.idle_for())
+                                .max(Duration::from_millis(100))
+                        }
+                    }
+                };
+                tokio::time::sleep(wait).await;
+            }
+        }
     }
 
     fn err(&self, e: impl Into<redb::Error>) -> StoreError {
@@ -260,6 +340,62 @@ mod tests {
             .desired::<serde_json::Value>()
             .expect("get")
             .is_none());
+    }
+
+    #[test]
+    fn an_idle_store_closes_and_the_next_use_opens_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.redb");
+        let s = Store::open(&path).expect("open");
+        s.set_desired(&serde_json::json!({"generation": 3}))
+            .expect("put");
+        // Not closed while recently used, nor while an operation holds it.
+        assert!(!s.close_if_idle(Duration::from_secs(3600)));
+        let held = s.db().expect("db");
+        assert!(!s.close_if_idle(Duration::ZERO));
+        drop(held);
+        // A commit that did not wait for the disk is made durable by the close.
+        s.put_task_lazily("arn:a", &serde_json::json!({"n": 1}))
+            .expect("put");
+        assert!(s.close_if_idle(Duration::ZERO));
+        assert!(!s.is_open());
+        // The file lock went with it: another handle can open the file now.
+        let other = Database::create(&path).expect("closed file opens elsewhere");
+        let tx = other.begin_read().expect("read");
+        let t = tx.open_table(TASKS).expect("table");
+        assert!(t.get("arn:a").expect("get").is_some());
+        drop((t, tx, other));
+        // The next operation opens it again, with everything in it.
+        let d: serde_json::Value = s.desired().expect("get").expect("present");
+        assert_eq!(d["generation"], 3);
+        assert!(s.is_open());
+        s.put_task("arn:b", &serde_json::json!({"n": 2}))
+            .expect("put");
+        assert_eq!(s.tasks::<serde_json::Value>().expect("tasks").len(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_idle_closer_closes_after_the_last_use_and_ends_with_the_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(&dir.path().join("state.redb")).expect("open");
+        let closer = tokio::spawn(s.close_when_idle(Duration::from_secs(1)));
+        // Kept open while used more often than the idle time (checked before each use,
+        // which would open it again).
+        for _ in 0..15 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(s.is_open(), "closed while in use");
+            s.put_task("arn:a", &serde_json::json!({"n": 1}))
+                .expect("put");
+        }
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(!s.is_open(), "closed once idle");
+        assert!(s.desired::<serde_json::Value>().expect("get").is_none());
+        assert!(s.is_open(), "opened by the read");
+        drop(s);
+        tokio::time::timeout(Duration::from_secs(2), closer)
+            .await
+            .expect("the closer ends once the store is gone")
+            .expect("closer task");
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! What the device does on its own, with no hub: a service's task that stops for good is
 //! replaced locally; a first boot runs its bootstrap document from preloaded images with no
 //! registry reachable; the hardware watchdog is fed. Documents that have not heard of the
-//! device's own tasks leave them running; a document that refuses them stops them.
+//! device's own tasks leave them running; a document that refuses them stops them. One
+//! daemon per data directory.
 
 mod harness;
 
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use harness::{arn, env, sh_task, task, wait_for, Agent};
 use serde_json::{json, Value};
@@ -226,6 +227,48 @@ fn a_bad_bootstrap_document_is_reported_and_the_agent_runs_on() {
     });
     let log = a.log_tail();
     assert!(log.contains("bootstrap.json"), "{log}");
+    assert!(a.ps().is_empty());
+    a.finish();
+}
+
+/// A second `run` with the same config waits out a short grace (what a restart right after
+/// a kill -9 may need) and then refuses, naming the daemon that holds the data directory;
+/// that one runs on with its control socket untouched, and once it stops the next starts.
+#[test]
+fn a_second_daemon_on_the_same_data_dir_is_refused() {
+    let mut a = Agent::new(39, "twice");
+    a.start();
+    let first = a.pid();
+    let mut second = Command::new(&a.bin)
+        .args(["run", "--config"])
+        .arg(&a.config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the second agent");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let status = loop {
+        if let Some(status) = second.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("the second agent did not give up on the data directory");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let stderr = std::io::read_to_string(second.stderr.take().expect("stderr")).expect("read");
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "data_dir {} is in use by another skerry-agent (pid {first})",
+            a.data_dir().display()
+        )),
+        "{stderr}"
+    );
+    assert!(a.ps().is_empty(), "the first agent still answers");
+    a.stop();
+    a.start();
     assert!(a.ps().is_empty());
     a.finish();
 }
