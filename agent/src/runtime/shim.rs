@@ -29,7 +29,7 @@ pub fn pids(proc: &Path, socket: &Path, namespace: &str, id: &str) -> Vec<i32> {
             let serves = is_shim(&args)
                 && flag(&args, "namespace") == Some(namespace)
                 && flag(&args, "id") == Some(id)
-                && flag(&args, "address").map(|a| canonical(Path::new(a))) == Some(socket.clone());
+                && flag(&args, "address").is_some_and(|a| canonical(Path::new(a)) == socket);
             serves.then_some(pid)
         })
         .collect();
