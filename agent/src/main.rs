@@ -302,7 +302,10 @@ async fn lock_data_dir(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::
                     .set_len(0)
                     .and_then(|()| lock.rewind())
                     .and_then(|()| writeln!(lock, "{}", std::process::id()));
-                written.with_context(|| format!("cannot write {}", path.display()))?;
+                // Only for the message: a full disk must not keep the agent from starting.
+                if let Err(e) = written {
+                    tracing::warn!("cannot write this agent's pid into {}: {e}", path.display());
+                }
                 return Ok(lock);
             }
             Err((_, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {

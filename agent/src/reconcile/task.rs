@@ -115,12 +115,20 @@ impl Supervisor {
         });
     }
 
+    /// The supervisor's whole life. Its future stays allocated while the task runs, so the
+    /// steps that run once or rarely (pull, network, create, start, stop, cleanup) are
+    /// boxed: their state, kilobytes each, exists only while they run.
     pub(crate) async fn run(mut self) {
-        let record = self.shared.record(&self.arn);
-        let Some(record) = record else { return };
-        if record.report.last_status == TaskStatus::Stopped {
-            if !record.cleaned {
-                self.cleanup().await;
+        let Some((last_status, cleaned)) = self
+            .shared
+            .record(&self.arn)
+            .map(|r| (r.report.last_status, r.cleaned))
+        else {
+            return;
+        };
+        if last_status == TaskStatus::Stopped {
+            if !cleaned {
+                Box::pin(self.cleanup()).await;
             }
             return;
         }
@@ -141,8 +149,8 @@ impl Supervisor {
                 {
                     self.shared.replace(&self.arn).await;
                 }
-                self.stop_all(&reason, code).await;
-                self.cleanup().await;
+                Box::pin(self.stop_all(&reason, code)).await;
+                Box::pin(self.cleanup()).await;
             }
         }
     }
@@ -157,11 +165,11 @@ impl Supervisor {
                 r.report.last_status = TaskStatus::Pending;
             }
         });
-        let images = match self.pull().await {
+        let images = match Box::pin(self.pull()).await {
             Ok(i) => i,
             Err(o) => return o,
         };
-        let bindings = match self.attach().await {
+        let bindings = match Box::pin(self.attach()).await {
             Ok(b) => b,
             Err(o) => return o,
         };
@@ -179,11 +187,11 @@ impl Supervisor {
             never: BTreeMap::new(),
             process: HashMap::new(),
         };
-        if let Err(o) = self.create_containers(&images, &mut run).await {
+        if let Err(o) = Box::pin(self.create_containers(&images, &mut run)).await {
             return o;
         }
         let (tx, mut rx) = mpsc::channel::<Signal>(64);
-        if let Err(o) = self.adopt(&mut run, &tx).await {
+        if let Err(o) = Box::pin(self.adopt(&mut run, &tx)).await {
             return o;
         }
         let result = self.supervise(&mut run, &tx, &mut rx).await;
@@ -492,7 +500,7 @@ impl Supervisor {
                     .unwrap_or_default();
                 match policy::readiness(&my_deps, &run.views) {
                     Readiness::Ready => {
-                        if let Err(o) = self.start(run, name, tx).await {
+                        if let Err(o) = Box::pin(self.start(run, name, tx)).await {
                             return o;
                         }
                     }
@@ -544,7 +552,7 @@ impl Supervisor {
                         run.restart_due.remove(&name);
                         info!(task = %self.arn, container = %name, "restarting container");
                         self.update(|r| *r.restarts.entry(name.clone()).or_default() += 1);
-                        if let Err(o) = self.start(run, &name, tx).await {
+                        if let Err(o) = Box::pin(self.start(run, &name, tx)).await {
                             return o;
                         }
                     }
