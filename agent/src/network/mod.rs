@@ -30,6 +30,8 @@ use cni::{NetworkList, Runner, Target};
 const PLUGIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Plugin processes running at once, across all tasks.
 const PLUGIN_CONCURRENCY: usize = 4;
+/// Tries of a teardown before its error counts, 0.5 s, 1 s, 1.5 s apart.
+const TEARDOWN_ATTEMPTS: u32 = 4;
 /// Stripes of per-task locks; tasks hashing to one stripe just wait for each other.
 const TASK_LOCKS: usize = 16;
 /// Interface name of the task's side of the veth.
@@ -263,7 +265,7 @@ impl Network {
             tracing::info!(task_id, "redoing an unfinished or changed network setup");
         }
         // Also clears a namespace file some earlier run left without a record.
-        self.teardown_locked(task_id).await?;
+        self.teardown_retrying(task_id).await?;
 
         let mut rec = {
             let _choice = self.port_choice.lock().await;
@@ -279,7 +281,7 @@ impl Network {
                 Ok(rec.attachment)
             }
             Err(e) => {
-                if let Err(undo) = self.teardown_locked(task_id).await {
+                if let Err(undo) = self.teardown_retrying(task_id).await {
                     tracing::warn!(task_id, error = %undo, "cannot undo a failed network setup; it is retried at the next teardown");
                 }
                 Err(e)
@@ -292,7 +294,24 @@ impl Network {
     pub async fn teardown(&self, task_id: &str) -> Result<(), NetworkError> {
         validate_task_id(task_id)?;
         let _task = self.task_lock(task_id).lock().await;
-        self.teardown_locked(task_id).await
+        self.teardown_retrying(task_id).await
+    }
+
+    /// The plugins' iptables calls can race with another task's: iptables-nft refuses to
+    /// delete a chain still referenced for a moment ("CHAIN_DEL failed (Device or resource
+    /// busy)"). A failed teardown is tried again before its error counts.
+    async fn teardown_retrying(&self, task_id: &str) -> Result<(), NetworkError> {
+        let mut attempt = 1;
+        loop {
+            match self.teardown_locked(task_id).await {
+                Err(e) if attempt < TEARDOWN_ATTEMPTS => {
+                    tracing::warn!(task_id, attempt, "network teardown failed, retrying: {e}");
+                    tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
     }
 
     /// Task ids that have persisted attachments (for orphan clean-up at agent start).

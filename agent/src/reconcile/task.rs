@@ -33,7 +33,6 @@ const STOP_ESSENTIAL_EXITED: &str = "EssentialContainerExited";
 const STOP_USER: &str = "UserInitiated";
 /// How long to wait for a killed process to be reaped before giving up on it.
 const KILL_GRACE: Duration = Duration::from_secs(10);
-const NETWORK_TEARDOWN_ATTEMPTS: u32 = 4;
 /// Consecutive restarts are forgotten once a container has run this long.
 const RESTART_RESET: Duration = Duration::from_secs(600);
 
@@ -874,20 +873,10 @@ impl Supervisor {
                 clean = false;
             }
         }
-        // The plugins' iptables calls can race with another task's (a chain still
-        // referenced for a moment): try again before leaving it to the next start.
-        for attempt in 1..=NETWORK_TEARDOWN_ATTEMPTS {
-            match self.shared.network.teardown(&self.task_id).await {
-                Ok(()) => break,
-                Err(e) if attempt < NETWORK_TEARDOWN_ATTEMPTS => {
-                    warn!(task = %self.arn, attempt, "network teardown failed, retrying: {e}");
-                    tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
-                }
-                Err(e) => {
-                    warn!(task = %self.arn, "cannot tear down the network: {e}");
-                    clean = false;
-                }
-            }
+        // Network::teardown tries again itself where the plugins' iptables calls race.
+        if let Err(e) = self.shared.network.teardown(&self.task_id).await {
+            warn!(task = %self.arn, "cannot tear down the network: {e}");
+            clean = false;
         }
         self.shared.set_netns(&self.task_id, None);
         crate::cgroup::remove(self.shared.cd.namespace(), &self.task_id);
