@@ -252,21 +252,23 @@ fn link_state(conn: &Connection, instance_id: &str) -> Result<Option<LinkState>,
         .optional()?)
 }
 
-/// One statement per instance: a fleet-wide change reads this for every instance.
+/// What an instance's document is made of: one statement per instance, which a fleet-wide
+/// change runs for every instance.
+pub(super) const DOCUMENT_PARTS: &str =
+    "SELECT i.generation, t.arn, t.desired_status, t.last_status, t.family, d.revision,
+         d.body, t.grp
+     FROM container_instances i
+     LEFT JOIN tasks t ON t.instance_id = i.id
+         AND (t.desired_status = 'RUNNING' OR t.last_status <> 'STOPPED')
+     LEFT JOIN task_definitions d ON d.family = t.family AND d.revision = t.revision
+     WHERE i.id = ?1
+     ORDER BY t.seq";
+
 fn document_parts(
     conn: &Connection,
     instance_id: &str,
 ) -> Result<Option<DocumentParts>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT i.generation, t.arn, t.desired_status, t.last_status, t.family, d.revision,
-             d.body, t.grp
-         FROM container_instances i
-         LEFT JOIN tasks t ON t.instance_id = i.id
-             AND (t.desired_status = 'RUNNING' OR t.last_status <> 'STOPPED')
-         LEFT JOIN task_definitions d ON d.family = t.family AND d.revision = t.revision
-         WHERE i.id = ?1
-         ORDER BY t.seq",
-    )?;
+    let mut stmt = conn.prepare_cached(DOCUMENT_PARTS)?;
     let mut rows = stmt.query(params![instance_id])?;
     let mut parts: Option<DocumentParts> = None;
     let running = desired_status_name(DesiredStatus::Running);
