@@ -30,6 +30,8 @@ use skerry_cli::client::Hub;
 use skerry_proto::link::{self, Channel, Entry, Envelope, Message, Presence};
 use skerry_proto::registration::{Architecture, RegistrationRequest, RegistrationResponse};
 
+mod floor;
+
 /// The hub's limit per activation, as in SSM.
 const PER_ACTIVATION: usize = 1000;
 const STORE_POLL: Duration = Duration::from_millis(20);
@@ -75,6 +77,14 @@ struct Args {
     /// Where to write the figures as JSON.
     #[arg(long)]
     json: PathBuf,
+    /// Take the hub's work out of the change: once the fleet has settled, stop the hub and
+    /// let a stand-in that keeps nothing publish the documents and count the Applied
+    /// (see `floor.rs`).
+    #[arg(long)]
+    floor: bool,
+    /// Wait this long between the fleet settling and the change, e.g. to attach a profiler.
+    #[arg(long, default_value_t = 0)]
+    pause_secs: u64,
 }
 
 struct Device {
@@ -225,47 +235,82 @@ async fn main() -> Result<()> {
     let settle_secs = settle_started.elapsed().as_secs_f64();
     eprintln!("loadgen: the hub sees all {n} online and settled after {settle_secs:.1} s more");
 
-    hub.ecs(
-        "RegisterTaskDefinition",
-        &json!({
-            "family": "bench-daemon",
-            "requiresCompatibilities": ["EXTERNAL"],
-            "networkMode": "none",
-            "containerDefinitions": [{"name": "c", "image": "127.0.0.1:5000/busybox",
-                "memory": 8, "cpu": 1, "command": ["sleep", "3600"]}],
-        }),
-    )
-    .await?;
+    if args.pause_secs > 0 {
+        eprintln!("loadgen: the change starts in {} s", args.pause_secs);
+        tokio::time::sleep(Duration::from_secs(args.pause_secs)).await;
+    }
+    let definition = json!({
+        "family": "bench-daemon",
+        "requiresCompatibilities": ["EXTERNAL"],
+        "networkMode": "none",
+        "containerDefinitions": [{"name": "c", "image": "127.0.0.1:5000/busybox",
+            "memory": 8, "cpu": 1, "command": ["sleep", "3600"]}],
+    });
+    hub.ecs("RegisterTaskDefinition", &definition).await?;
     let baseline = generations(&db)?;
     let hub_pid = pid(&args.hub_dir.join("hub.pid"))?;
     let broker_pid = pid(&args.hub_dir.join("broker.pid"))?;
-    let before = [cpu_secs(hub_pid)?, cpu_secs(broker_pid)?, self_cpu()?];
+    let bound = Duration::from_secs(args.timeout_secs);
+    let stand_in = if args.floor {
+        floor::stop_hub(hub_pid)?;
+        // Each device with its generation at T0.
+        let devices: Vec<(String, u64)> = ids
+            .iter()
+            .map(|id| {
+                let generation = baseline.get(id).map_or(0, |&(_, g)| g.max(0) as u64);
+                (id.clone(), generation)
+            })
+            .collect();
+        let stand_in =
+            floor::StandIn::connect(&args.hub_dir.join("state/ca"), host, port, &devices).await?;
+        let docs = floor::documents(
+            &definition,
+            &env("AWS_DEFAULT_REGION")?,
+            "000000000000",
+            &devices,
+        )?;
+        Some((stand_in, docs))
+    } else {
+        None
+    };
+    let hub_cpu = || {
+        if args.floor {
+            Ok(0.0)
+        } else {
+            cpu_secs(hub_pid)
+        }
+    };
+    let before = [hub_cpu()?, cpu_secs(broker_pid)?, self_cpu()?];
 
     // The change. T0 is just before the call.
     let t0 = Instant::now();
     let _ = shared.t0.set(t0);
-    let poller = {
-        let (db, ids) = (db.clone(), ids.clone());
-        let bound = Duration::from_secs(args.timeout_secs);
-        tokio::task::spawn_blocking(move || poll_applied(&db, &ids, &baseline, t0, bound))
+    let (api_ms, api_error, applied) = if let Some((stand_in, docs)) = stand_in {
+        let applied = stand_in.change(t0, docs, bound).await?;
+        (t0.elapsed().as_secs_f64() * 1000.0, None, applied)
+    } else {
+        let poller = {
+            let (db, ids) = (db.clone(), ids.clone());
+            tokio::task::spawn_blocking(move || poll_applied(&db, &ids, &baseline, t0, bound))
+        };
+        // The hub runs a request to its end even if the client stopped waiting (the CLI's
+        // client gives up after 30 s), so a timeout here is recorded and the polling goes on.
+        let call = hub
+            .ecs(
+                "CreateService",
+                &json!({"cluster": "default", "serviceName": "bench-daemon",
+                    "taskDefinition": "bench-daemon", "schedulingStrategy": "DAEMON",
+                    "launchType": "EXTERNAL"}),
+            )
+            .await;
+        let api_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let api_error = call.err().map(|e| e.to_string());
+        if let Some(e) = &api_error {
+            eprintln!("loadgen: CreateService after {api_ms:.0} ms: {e}");
+        }
+        (api_ms, api_error, poller.await??)
     };
-    // The hub runs a request to its end even if the client stopped waiting (the CLI's
-    // client gives up after 30 s), so a timeout here is recorded and the polling goes on.
-    let call = hub
-        .ecs(
-            "CreateService",
-            &json!({"cluster": "default", "serviceName": "bench-daemon",
-                "taskDefinition": "bench-daemon", "schedulingStrategy": "DAEMON",
-                "launchType": "EXTERNAL"}),
-        )
-        .await;
-    let api_ms = t0.elapsed().as_secs_f64() * 1000.0;
-    let api_error = call.err().map(|e| e.to_string());
-    if let Some(e) = &api_error {
-        eprintln!("loadgen: CreateService after {api_ms:.0} ms: {e}");
-    }
-    let applied = poller.await??;
-    let after = [cpu_secs(hub_pid)?, cpu_secs(broker_pid)?, self_cpu()?];
+    let after = [hub_cpu()?, cpu_secs(broker_pid)?, self_cpu()?];
     let received: Vec<Option<f64>> = shared
         .received
         .iter()
@@ -286,8 +331,11 @@ async fn main() -> Result<()> {
         "applied_ms": stats(&applied, bound),
         "bound_ms": bound,
         "timeout_secs": args.timeout_secs,
-        "hub": {"cpu_secs": after[0] - before[0], "rss_mib": rss_mib(hub_pid, "VmRSS")?,
-            "peak_rss_mib": rss_mib(hub_pid, "VmHWM")?},
+        "floor": args.floor,
+        "hub": if args.floor { Value::Null } else {
+            json!({"cpu_secs": after[0] - before[0], "rss_mib": rss_mib(hub_pid, "VmRSS")?,
+                "peak_rss_mib": rss_mib(hub_pid, "VmHWM")?})
+        },
         "broker": {"cpu_secs": after[1] - before[1], "rss_mib": rss_mib(broker_pid, "VmRSS")?,
             "peak_rss_mib": rss_mib(broker_pid, "VmHWM")?},
         "loadgen_cpu_secs": after[2] - before[2],
