@@ -706,7 +706,8 @@ mod tests {
     }
 
     /// Each use of a cached statement runs the plan made once: a fleet-wide change runs the
-    /// document statement once per instance, and planning it each time cost 4 times the run.
+    /// document statement once per instance, and planning it again each time took seven
+    /// times as long as running it.
     #[test]
     fn a_cached_statement_is_not_planned_again_on_each_use() {
         let dir = tempfile::tempdir().expect("tempdir");
