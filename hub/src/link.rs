@@ -51,7 +51,7 @@ const _: () = assert!(DOCUMENTS_IN_FLIGHT + INGEST_BATCH < REQUESTS);
 /// [`DOCUMENTS_IN_FLIGHT`], so that the documents never fill it. While it is full the client
 /// takes no request at all, the worker's acks included (its default of 100 held the acks
 /// behind documents during a fleet-wide change).
-const CLIENT_INFLIGHT: u16 = DOCUMENTS_IN_FLIGHT as u16 + 1;
+pub const CLIENT_INFLIGHT: u16 = DOCUMENTS_IN_FLIGHT as u16 + 1;
 const _: () = assert!(DOCUMENTS_IN_FLIGHT < u16::MAX as usize);
 /// Device messages between the event loop and the worker that applies them.
 pub const WORK_QUEUE: usize = 1024;
@@ -75,7 +75,7 @@ pub enum LinkError {
 
 /// The TLS client setup for the broker: the hub's CA as the only root, and a client
 /// certificate for [`HUB_IDENTITY`] issued now (the hub holds the CA key, so it needs no file).
-fn tls(ca: &Ca) -> Result<rustls::ClientConfig, LinkError> {
+pub fn client_tls(ca: &Ca) -> Result<rustls::ClientConfig, LinkError> {
     let (cert_pem, key_pem) = ca
         .issue_client_cert(HUB_IDENTITY)
         .map_err(|e| LinkError::Certificate(e.to_string()))?;
@@ -107,7 +107,7 @@ impl Link {
             .set_inflight(CLIENT_INFLIGHT)
             .set_max_packet_size(MAX_PACKET, MAX_PACKET)
             .set_transport(Transport::tls_with_config(
-                rumqttc::TlsConfiguration::Rustls(Arc::new(tls(ca)?)),
+                rumqttc::TlsConfiguration::Rustls(Arc::new(client_tls(ca)?)),
             ));
         let (client, events) = AsyncClient::new(opts, REQUESTS);
         Ok(Link { client, events })

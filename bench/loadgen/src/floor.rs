@@ -16,16 +16,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport};
 use skerry_hub::ca::{Ca, HUB_IDENTITY};
+use skerry_hub::link::{client_tls, CLIENT_INFLIGHT};
 use skerry_proto::desired::{DesiredState, DesiredStatus, DesiredTask};
 use skerry_proto::link::{self, Channel, Envelope, Message};
 use skerry_proto::taskdef::TaskDefinition;
-
-/// The hub's window of documents not yet acknowledged by the broker.
-const IN_FLIGHT: u16 = 513;
 
 /// Stops the hub whose pid is `pid` (SIGTERM) and waits until it is gone.
 pub fn stop_hub(pid: u32) -> Result<()> {
@@ -76,25 +72,12 @@ impl StandIn {
             .map(|(i, (id, generation))| (id.clone(), (i, *generation)))
             .collect();
         let ca = Ca::load_or_create(ca_dir).context("loading the hub's CA")?;
-        let (cert_pem, key_pem) = ca
-            .issue_client_cert(HUB_IDENTITY)
-            .context("issuing the stand-in's certificate")?;
-        let ca_der = CertificateDer::from(ca.cert_der().to_vec());
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca_der.clone())?;
-        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes())?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?;
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(vec![cert, ca_der], key)?;
+        let tls = client_tls(&ca).context("the stand-in's TLS setup")?;
         let mut opts = MqttOptions::new(HUB_IDENTITY, host, port);
         // A clean session drops the stopped hub's, and what the broker queued for it.
         opts.set_keep_alive(Duration::from_secs(30))
             .set_clean_session(true)
-            .set_inflight(IN_FLIGHT)
+            .set_inflight(CLIENT_INFLIGHT)
             .set_max_packet_size(4 << 20, 4 << 20)
             .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
                 Arc::new(tls),
@@ -126,30 +109,8 @@ impl StandIn {
                             }
                         }
                         Ok(Event::Incoming(Packet::Publish(p))) => {
-                            let Some(at) = t0.get() else { continue };
-                            let Some((id, Channel::Up)) = link::parse_topic(&p.topic) else {
-                                continue;
-                            };
-                            let Some(&(i, base)) = baseline.get(id) else {
-                                continue;
-                            };
-                            let Ok(env) = serde_json::from_slice::<Envelope>(&p.payload) else {
-                                continue;
-                            };
-                            if let Message::Applied { generation } = env.entry.message {
-                                let us = (at.elapsed().as_micros() as u64).max(1);
-                                if generation > base
-                                    && applied[i]
-                                        .compare_exchange(
-                                            0,
-                                            us,
-                                            Ordering::Relaxed,
-                                            Ordering::Relaxed,
-                                        )
-                                        .is_ok()
-                                {
-                                    seen.fetch_add(1, Ordering::Relaxed);
-                                }
+                            if let Some(at) = t0.get() {
+                                record_applied(&p, *at, &baseline, &applied, &seen);
                             }
                         }
                         Ok(_) => {}
@@ -198,14 +159,37 @@ impl StandIn {
         while self.seen.load(Ordering::Relaxed) < n && t0.elapsed() < bound {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        Ok(self
-            .applied
-            .iter()
-            .map(|a| match a.load(Ordering::Relaxed) {
-                0 => None,
-                us => Some(us as f64 / 1000.0),
-            })
-            .collect())
+        Ok(crate::millis(&self.applied))
+    }
+}
+
+/// Records the time of a device's first Applied past its generation at T0 (`at`).
+fn record_applied(
+    p: &Publish,
+    at: Instant,
+    baseline: &HashMap<String, (usize, u64)>,
+    applied: &[AtomicU64],
+    seen: &AtomicUsize,
+) {
+    let Some((id, Channel::Up)) = link::parse_topic(&p.topic) else {
+        return;
+    };
+    let Some(&(i, base)) = baseline.get(id) else {
+        return;
+    };
+    let Ok(envelope) = serde_json::from_slice::<Envelope>(&p.payload) else {
+        return;
+    };
+    let Message::Applied { generation } = envelope.entry.message else {
+        return;
+    };
+    let us = (at.elapsed().as_micros() as u64).max(1);
+    if generation > base
+        && applied[i]
+            .compare_exchange(0, us, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        seen.fetch_add(1, Ordering::Relaxed);
     }
 }
 

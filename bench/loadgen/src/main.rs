@@ -311,14 +311,7 @@ async fn main() -> Result<()> {
         (api_ms, api_error, poller.await??)
     };
     let after = [hub_cpu()?, cpu_secs(broker_pid)?, self_cpu()?];
-    let received: Vec<Option<f64>> = shared
-        .received
-        .iter()
-        .map(|a| match a.load(Ordering::Relaxed) {
-            0 => None,
-            us => Some(us as f64 / 1000.0),
-        })
-        .collect();
+    let received = millis(&shared.received);
     let bound = args.bound_ms as f64;
     let summary = json!({
         "devices": n,
@@ -621,6 +614,17 @@ fn poll_applied(
         std::thread::sleep(STORE_POLL);
     }
     Ok(seen)
+}
+
+/// Microseconds since T0 per device (0: not yet) as milliseconds, `None` for not yet.
+fn millis(times: &[AtomicU64]) -> Vec<Option<f64>> {
+    times
+        .iter()
+        .map(|a| match a.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(us as f64 / 1000.0),
+        })
+        .collect()
 }
 
 /// Percentiles over every device; one that never got there counts as infinitely late.
