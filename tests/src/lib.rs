@@ -12,4 +12,5 @@
 //!   through a cut link and a reboot without network.
 //! - `tests/install.rs`: `scripts/install-agent` into a scratch root and out again, without
 //!   systemd; bad input refused before anything is written.
+//! - `tests/layout.rs`: no module of the workspace imports one that imports it back.
 //! - `tests/stack/`: the hub stack the tests share (`scripts/hub-up`, the aws CLI, `skerry`).
