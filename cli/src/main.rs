@@ -187,7 +187,7 @@ fn main() -> ExitCode {
 }
 
 fn image(cmd: ImageCmd) -> anyhow::Result<()> {
-    use skerry_image::{bootstrap, build, preload, provision};
+    use skerry_card::{bootstrap, build, preload, provision};
     match cmd {
         ImageCmd::Provision { image, file } => {
             provision::provision(&image, &file)?;

@@ -12,6 +12,8 @@ const FAT_TYPES: [u8; 4] = [0x0b, 0x0c, 0x0e, 0x06];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CardError {
+    #[error(transparent)]
+    Table(#[from] mbr::MbrError),
     #[error("{0}: {1}")]
     Io(PathBuf, #[source] std::io::Error),
     #[error("{0} is not a card image: {1}")]

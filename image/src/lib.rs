@@ -1,8 +1,8 @@
-//! Skerry's card images, from the operator's side: writing a device's provisioning file
-//! and preloaded container images onto the FAT boot partition of an `sdcard.img`, without
-//! root and without mounting anything (the partition table is read here, the FAT
-//! filesystem is written with mtools), and building the image offline from Debian's
-//! arm64 packages.
+//! skerry-card: Skerry's card images (what is flashed onto an SD card), from the operator's
+//! side: writing a device's provisioning file and preloaded container images onto the FAT
+//! boot partition of an `sdcard.img`, without root and without mounting anything (the
+//! partition table is read here, the FAT filesystem is written with mtools), and building
+//! the image offline from Debian's arm64 packages.
 //!
 //! # Layout
 //! - `mbr`: the card's partition table, read from the image's first sector.

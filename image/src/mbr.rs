@@ -3,9 +3,16 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::card::CardError;
+/// Why an image's partition table could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum MbrError {
+    #[error("{0}: {1}")]
+    Io(PathBuf, #[source] std::io::Error),
+    #[error("{0} is not a card image: {1}")]
+    NotAnImage(PathBuf, String),
+}
 
 /// Bytes in a sector, as genimage and every SD card lay the table out.
 pub const SECTOR: u64 = 512;
@@ -34,26 +41,26 @@ impl Partition {
 }
 
 /// The four primary entries of the MBR of the image at `path`; `None` for unused ones.
-pub fn read(path: &Path) -> Result<[Option<Partition>; 4], CardError> {
-    let io = |e| CardError::Io(path.to_path_buf(), e);
+pub fn read(path: &Path) -> Result<[Option<Partition>; 4], MbrError> {
+    let io = |e| MbrError::Io(path.to_path_buf(), e);
     let mut sector = Vec::with_capacity(SECTOR as usize);
     File::open(path)
         .and_then(|f| f.take(SECTOR).read_to_end(&mut sector))
         .map_err(io)?;
     if sector.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        return Err(CardError::NotAnImage(
+        return Err(MbrError::NotAnImage(
             path.to_path_buf(),
             "it is xz-compressed: decompress it first (xz -dk FILE) and use the .img".into(),
         ));
     }
     if sector.len() < SECTOR as usize {
-        return Err(CardError::NotAnImage(
+        return Err(MbrError::NotAnImage(
             path.to_path_buf(),
             "shorter than one sector".into(),
         ));
     }
     if sector[510..512] != [0x55, 0xaa] {
-        return Err(CardError::NotAnImage(
+        return Err(MbrError::NotAnImage(
             path.to_path_buf(),
             "no MBR partition table in its first sector (is it an sdcard.img?)".into(),
         ));

@@ -341,7 +341,7 @@ fn qemu_device_registers_runs_tasks_and_survives_link_loss_and_reboot() {
     // NTP from the host's loopback too: the guest talks to nothing else.
     let ntp = dir.path().join("ntp-servers");
     std::fs::write(&ntp, "10.0.2.2\n").expect("write");
-    let boot = skerry_image::BootPartition::open(&img).expect("the card's boot partition");
+    let boot = skerry_card::BootPartition::open(&img).expect("the card's boot partition");
     boot.put(&insecure, "skerry/insecure-registries")
         .and_then(|()| boot.put(&ntp, "skerry/ntp-servers"))
         .expect("write the card's settings");
