@@ -3,7 +3,7 @@
 //! The tests live in `tests/`; this library is empty.
 //!
 //! # Layout
-//! - `tests/fleet.rs`: registration, RunTask and services across two agents, restarts.
+//! - `tests/two_agents.rs`: registration, RunTask and services across two agents, restarts.
 //! - `tests/faults.rs`: fault injection (broker, link, hub, agent kill -9, containerd, full
 //!   disk) with the delivery and container invariants checked after each.
 //! - `tests/image.rs`: the qemu-aarch64-virt card built offline, provisioned and booted in QEMU:
