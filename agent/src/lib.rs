@@ -17,9 +17,11 @@
 //! - `provision`: the provisioning file on the boot partition (hub, activation, CA pin).
 //! - `identity`: the device key, registration over pinned TLS, the stored identity.
 //! - `link`: the MQTT link: desired state down, the outbox up, presence and metrics.
+//! - `backoff`: exponential backoff with jitter, for registration and the broker link.
 //! - `bootstrap`: a first boot without network: preloaded images, the bootstrap document.
 //! - `watchdog`: feeds the hardware watchdog while the reconciler answers.
 
+pub mod backoff;
 pub mod bootstrap;
 pub mod cgroup;
 pub mod config;

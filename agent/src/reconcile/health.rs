@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::task::Signal;
+use super::signal::Signal;
 use crate::runtime::Containerd;
 
 pub(crate) async fn check(

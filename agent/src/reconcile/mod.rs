@@ -5,6 +5,7 @@
 
 mod health;
 pub mod policy;
+mod signal;
 mod task;
 
 use std::collections::{BTreeMap, HashMap};

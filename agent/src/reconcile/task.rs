@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::policy::{self, Condition, Readiness, Restart, View};
+use super::signal::Signal;
 use super::{now_secs, Shared, TaskRecord};
 use crate::network::{self, PortRequest};
 use crate::runtime::containers::{NewContainer, ProcessState, LABEL_CONTAINER, LABEL_TASK_ARN};
@@ -43,11 +44,6 @@ enum Outcome {
         reason: String,
         code: &'static str,
     },
-}
-
-pub(crate) enum Signal {
-    Exited { name: String, code: i32 },
-    Health { name: String, status: HealthStatus },
 }
 
 pub(crate) struct Supervisor {
