@@ -25,7 +25,7 @@ use skerry_proto::registration::{Architecture, RegistrationRequest, Registration
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::link::backoff::Backoff;
+use crate::backoff::Backoff;
 use crate::provision::Provision;
 
 const KEY_FILE: &str = "key.pem";

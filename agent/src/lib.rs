@@ -5,7 +5,8 @@
 //! - `cgroup`: task-level memory and cpu limits on the task's parent cgroup.
 //! - `config`: the agent's TOML configuration, validated before anything starts.
 //! - `store`: the crash-safe state (desired document, task records) in redb.
-//! - `runtime`: the containerd connection and container/process calls.
+//! - `runtime`: the containerd connection and container/process calls, behind the
+//!   `Runtime` trait the supervisor calls (a fake one in its unit tests).
 //! - `image`: client-side registry pulls and OCI archive imports into containerd.
 //! - `spec`: the OCI runtime spec for one container of a task definition.
 //! - `network`: network namespaces and the CNI plugin chain (bridge, portmap, loopback).
@@ -17,9 +18,11 @@
 //! - `provision`: the provisioning file on the boot partition (hub, activation, CA pin).
 //! - `identity`: the device key, registration over pinned TLS, the stored identity.
 //! - `link`: the MQTT link: desired state down, the outbox up, presence and metrics.
+//! - `backoff`: exponential backoff with jitter, for registration and the broker link.
 //! - `bootstrap`: a first boot without network: preloaded images, the bootstrap document.
 //! - `watchdog`: feeds the hardware watchdog while the reconciler answers.
 
+pub mod backoff;
 pub mod bootstrap;
 pub mod cgroup;
 pub mod config;

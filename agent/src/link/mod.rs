@@ -6,12 +6,10 @@
 //! - `mqtt`: the broker connection: presence, the desired-state subscription, and the
 //!   sender that publishes outbox records in order and acks them once the broker has.
 //! - `window`: the sender's in-flight window.
-//! - `backoff`: exponential backoff with jitter (registration, broker connections).
 //!
 //! Nothing here blocks the reconciler: it starts first, and every change it makes is
 //! appended to the durable outbox before it counts as emitted.
 
-pub mod backoff;
 pub mod metrics;
 pub mod mqtt;
 pub mod report;
@@ -29,11 +27,11 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::identity::{self, Plan};
 use crate::outbox::{Class, Outbox, OutboxConfig, OutboxError};
 use crate::reconcile::{ApplyError, EventSink, Handle, Observer, TaskEvent};
-use backoff::Backoff;
 
 /// Outbox keys of the records that only their latest value matters for.
 const KEY_APPLIED: &str = "applied-generation";

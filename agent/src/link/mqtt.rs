@@ -25,9 +25,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::backoff::Backoff;
 use super::window::Window;
 use super::{DeviceState, Outbound};
+use crate::backoff::Backoff;
 use crate::identity::{self, Identity};
 use crate::outbox::{Class, Record};
 

@@ -13,8 +13,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::backoff::Backoff;
 use super::Outbound;
+use crate::backoff::Backoff;
 use crate::outbox::Class;
 use crate::reconcile::{Handle, TaskEvent};
 

@@ -2,19 +2,21 @@
 //! seconds, is killed after `timeout`, and `retries` failures in a row make the container
 //! UNHEALTHY; failures during `startPeriod` do not count.
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use skerry_proto::status::HealthStatus;
 use skerry_proto::taskdef::HealthCheck;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::task::Signal;
-use crate::runtime::Containerd;
+use super::signal::Signal;
+use crate::runtime::Runtime;
 
 pub(crate) async fn check(
-    cd: Containerd,
+    rt: Arc<dyn Runtime>,
     id: String,
     name: String,
     hc: HealthCheck,
@@ -39,7 +41,7 @@ pub(crate) async fn check(
         n += 1;
         let exec_id = format!("health-{n}");
         let ok = matches!(
-            cd.exec(&id, &exec_id, process.clone(), timeout).await,
+            rt.exec(&id, &exec_id, process.clone(), timeout).await,
             Ok(0)
         );
         debug!(container = %id, ok, "health check");

@@ -5,6 +5,7 @@
 
 mod health;
 pub mod policy;
+mod signal;
 mod task;
 
 use std::collections::{BTreeMap, HashMap};
@@ -26,7 +27,7 @@ use crate::config::Config;
 use crate::image::{ImageInfo, ImageStore};
 use crate::network::Network;
 use crate::runtime::containers::LABEL_TASK_ARN;
-use crate::runtime::Containerd;
+use crate::runtime::{Containerd, Runtime};
 use crate::store::{Store, StoreError};
 
 /// How often finished supervisors and old STOPPED tasks are swept.
@@ -81,7 +82,8 @@ pub enum ApplyError {
 /// What supervisors share.
 pub(crate) struct Shared {
     pub cfg: Arc<Config>,
-    pub cd: Containerd,
+    /// containerd in the agent; a fake in the supervisor's unit tests.
+    pub runtime: Arc<dyn Runtime>,
     pub images: ImageStore,
     pub network: Network,
     pub store: Store,
@@ -220,8 +222,8 @@ impl Shared {
             return Ok((None, None));
         }
         let files = self
-            .cd
-            .read_image_files(&image.chain_id, &["etc/passwd", "etc/group"])
+            .runtime
+            .image_files(&image.chain_id, &["etc/passwd", "etc/group"])
             .await
             .map_err(|e| e.to_string())?;
         let mut it = files.into_iter();
@@ -434,7 +436,7 @@ impl Reconciler {
         let (replace_tx, replacements) = mpsc::channel(COMMAND_QUEUE);
         let shared = Arc::new(Shared {
             cfg,
-            cd,
+            runtime: Arc::new(cd),
             images,
             network,
             store,
@@ -704,7 +706,7 @@ impl Reconciler {
             .values()
             .map(|r| (r.report.task_arn.clone(), r.cleaned))
             .collect();
-        match self.shared.cd.list_containers(LABEL_TASK_ARN).await {
+        match self.shared.runtime.list(LABEL_TASK_ARN).await {
             Ok(list) => {
                 for c in list {
                     let owner = c.labels.get(LABEL_TASK_ARN).cloned().unwrap_or_default();
@@ -712,7 +714,7 @@ impl Reconciler {
                         continue;
                     }
                     warn!(container = %c.id, task = %owner, "removing orphaned container");
-                    if let Err(e) = self.shared.cd.remove(&c.id).await {
+                    if let Err(e) = self.shared.runtime.delete(&c.id).await {
                         warn!(container = %c.id, "cannot remove orphaned container: {e}");
                     }
                 }

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use skerry_proto::desired::DesiredStatus;
 use skerry_proto::link::EventKind;
@@ -18,10 +18,12 @@ use skerry_proto::taskdef::{
     VolumeKind,
 };
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::policy::{self, Condition, Readiness, Restart, View};
+use super::signal::Signal;
 use super::{now_secs, Shared, TaskRecord};
 use crate::network::{self, PortRequest};
 use crate::runtime::containers::{NewContainer, ProcessState, LABEL_CONTAINER, LABEL_TASK_ARN};
@@ -36,6 +38,7 @@ const KILL_GRACE: Duration = Duration::from_secs(10);
 /// Consecutive restarts are forgotten once a container has run this long.
 const RESTART_RESET: Duration = Duration::from_secs(600);
 
+#[derive(Debug, PartialEq)]
 enum Outcome {
     /// The agent is shutting down: leave everything running for the next agent.
     Shutdown,
@@ -43,11 +46,6 @@ enum Outcome {
         reason: String,
         code: &'static str,
     },
-}
-
-pub(crate) enum Signal {
-    Exited { name: String, code: i32 },
-    Health { name: String, status: HealthStatus },
 }
 
 pub(crate) struct Supervisor {
@@ -60,6 +58,7 @@ pub(crate) struct Supervisor {
 }
 
 /// The per-container state of a running task.
+#[derive(Default)]
 struct Running {
     views: BTreeMap<String, View>,
     started: HashMap<String, Instant>,
@@ -177,18 +176,16 @@ impl Supervisor {
                 c.network_bindings = bindings.get(&c.name).cloned().unwrap_or_default();
             }
         });
-        let mut run = Running {
-            views: BTreeMap::new(),
-            started: HashMap::new(),
-            restart_due: HashMap::new(),
-            consecutive: HashMap::new(),
-            watchers: HashMap::new(),
-            never: BTreeMap::new(),
-            process: HashMap::new(),
-        };
+        let mut run = Running::default();
         if let Err(o) = Box::pin(self.create_containers(&images, &mut run)).await {
             return o;
         }
+        self.operate(run).await
+    }
+
+    /// Runs the task whose containers exist: adopts what already runs, then starts, watches
+    /// and restarts until the task must stop or the agent shuts down.
+    async fn operate(&mut self, mut run: Running) -> Outcome {
         let (tx, mut rx) = mpsc::channel::<Signal>(64);
         if let Err(o) = Box::pin(self.adopt(&mut run, &tx)).await {
             return o;
@@ -334,7 +331,7 @@ impl Supervisor {
             volumes.insert(v.name.clone(), path);
         }
         crate::cgroup::apply(
-            self.shared.cd.namespace(),
+            self.shared.runtime.namespace(),
             &self.task_id,
             self.def.cpu_units(),
             self.def.memory_mib(),
@@ -366,7 +363,7 @@ impl Supervisor {
                 },
                 cgroups_path: format!(
                     "/skerry/{}/{}/{}",
-                    self.shared.cd.namespace(),
+                    self.shared.runtime.namespace(),
                     self.task_id,
                     c.name
                 ),
@@ -393,8 +390,8 @@ impl Supervisor {
             labels.insert(LABEL_TASK_ARN.into(), self.arn.clone());
             labels.insert(LABEL_CONTAINER.into(), c.name.clone());
             self.shared
-                .cd
-                .create_container(NewContainer {
+                .runtime
+                .create(NewContainer {
                     id: &id,
                     image: &image.name,
                     chain_id: &image.chain_id,
@@ -418,7 +415,7 @@ impl Supervisor {
         let record = self.shared.record(&self.arn);
         for c in &self.def.container_definitions {
             let id = self.container_id(&c.name);
-            let state = self.retry(|| self.shared.cd.state(&id)).await?;
+            let state = self.retry(|| self.shared.runtime.state(&id)).await?;
             if matches!(state, ProcessState::Created | ProcessState::Absent) {
                 continue;
             }
@@ -583,7 +580,7 @@ impl Supervisor {
             warn!(task = %self.arn, container = %name, "cannot write log limits: {e}");
         }
         let uri = logs::stdio_uri(&self.shared.agent_bin, &log_dir);
-        match self.retry(|| self.shared.cd.start(&id, &uri)).await {
+        match self.retry(|| self.shared.runtime.start(&id, &uri)).await {
             Ok(pid) => {
                 info!(task = %self.arn, container = %name, pid, "container started");
                 let v = run.views.entry(name.to_string()).or_default();
@@ -633,7 +630,7 @@ impl Supervisor {
             old.cancel();
         }
         let id = self.container_id(&c.name);
-        let cd = self.shared.cd.clone();
+        let rt = self.shared.runtime.clone();
         let name = c.name.clone();
         let sender = tx.clone();
         let t = token.clone();
@@ -641,7 +638,7 @@ impl Supervisor {
             let mut delay = Duration::from_millis(200);
             loop {
                 let waited = tokio::select! {
-                    r = cd.wait(&id) => r,
+                    r = rt.wait(&id) => r,
                     _ = t.cancelled() => return,
                 };
                 match waited {
@@ -673,12 +670,12 @@ impl Supervisor {
         if let (Some(hc), Some(process)) =
             (c.health_check.clone(), run.process.get(&c.name).cloned())
         {
-            let cd = self.shared.cd.clone();
+            let rt = self.shared.runtime.clone();
             let id = self.container_id(&c.name);
             let name = c.name.clone();
             let sender = tx.clone();
             tokio::spawn(async move {
-                super::health::check(cd, id, name, hc, process, sender, token).await;
+                super::health::check(rt, id, name, hc, process, sender, token).await;
             });
         }
     }
@@ -843,20 +840,20 @@ impl Supervisor {
     }
 
     async fn stop_container(&self, id: &str, timeout_secs: u32) -> Option<i32> {
-        let cd = &self.shared.cd;
-        match cd.state(id).await {
+        let rt = &self.shared.runtime;
+        match rt.state(id).await {
             Ok(ProcessState::Running { .. }) => {}
             Ok(ProcessState::Stopped { exit_code }) => return Some(exit_code as i32),
             _ => return None,
         }
-        let _ = cd.kill(id, nix::libc::SIGTERM as u32).await;
+        let _ = rt.kill(id, nix::libc::SIGTERM as u32).await;
         let timeout = Duration::from_secs(timeout_secs.into());
-        if let Ok(Ok(code)) = tokio::time::timeout(timeout, cd.wait(id)).await {
+        if let Ok(Ok(code)) = tokio::time::timeout(timeout, rt.wait(id)).await {
             return Some(code as i32);
         }
         warn!(container = %id, "did not stop within {timeout_secs}s of SIGTERM; sending SIGKILL");
-        let _ = cd.kill(id, nix::libc::SIGKILL as u32).await;
-        match tokio::time::timeout(KILL_GRACE, cd.wait(id)).await {
+        let _ = rt.kill(id, nix::libc::SIGKILL as u32).await;
+        match tokio::time::timeout(KILL_GRACE, rt.wait(id)).await {
             Ok(Ok(code)) => Some(code as i32),
             _ => None,
         }
@@ -868,7 +865,7 @@ impl Supervisor {
         let mut clean = true;
         for c in &self.def.container_definitions {
             let id = self.container_id(&c.name);
-            if let Err(e) = self.shared.cd.remove(&id).await {
+            if let Err(e) = self.shared.runtime.delete(&id).await {
                 warn!(task = %self.arn, container = %c.name, "cannot remove container: {e}");
                 clean = false;
             }
@@ -879,7 +876,7 @@ impl Supervisor {
             clean = false;
         }
         self.shared.set_netns(&self.task_id, None);
-        crate::cgroup::remove(self.shared.cd.namespace(), &self.task_id);
+        crate::cgroup::remove(self.shared.runtime.namespace(), &self.task_id);
         let dir = self.shared.cfg.tasks_dir().join(&self.task_id);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -957,7 +954,10 @@ fn write_etc(dir: &std::path::Path, files: &spec::EtcFiles) -> std::io::Result<(
 
 async fn sleep_until(at: Option<Instant>) {
     match at {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
+        Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -14,7 +14,8 @@ use containerd_client::services::v1::{
 use containerd_client::types::Mount;
 use tonic::Code;
 
-use super::{Containerd, SNAPSHOTTER};
+use super::view::ViewError;
+use super::{Containerd, Runtime, SNAPSHOTTER};
 
 /// The runc shim, present in containerd 1.6 and 2.x.
 pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
@@ -442,5 +443,49 @@ impl Containerd {
             }))
             .await;
         result
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for Containerd {
+    fn namespace(&self) -> &str {
+        Containerd::namespace(self)
+    }
+    async fn create(&self, c: NewContainer<'_>) -> Result<(), ContainerError> {
+        self.create_container(c).await
+    }
+    async fn start(&self, id: &str, stdio: &str) -> Result<u32, ContainerError> {
+        Containerd::start(self, id, stdio).await
+    }
+    async fn state(&self, id: &str) -> Result<ProcessState, ContainerError> {
+        Containerd::state(self, id).await
+    }
+    async fn wait(&self, id: &str) -> Result<u32, ContainerError> {
+        Containerd::wait(self, id).await
+    }
+    async fn kill(&self, id: &str, signal: u32) -> Result<(), ContainerError> {
+        Containerd::kill(self, id, signal).await
+    }
+    async fn delete(&self, id: &str) -> Result<(), ContainerError> {
+        self.remove(id).await
+    }
+    async fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process: serde_json::Value,
+        timeout: Duration,
+    ) -> Result<u32, ContainerError> {
+        Containerd::exec(self, id, exec_id, process, timeout).await
+    }
+    async fn list(&self, label: &str) -> Result<Vec<ContainerSummary>, ContainerError> {
+        self.list_containers(label).await
+    }
+    async fn image_files(
+        &self,
+        chain_id: &str,
+        paths: &[&str],
+    ) -> Result<Vec<Option<String>>, ViewError> {
+        self.read_image_files(chain_id, paths).await
     }
 }

@@ -3,10 +3,13 @@
 //! (containers, tasks, content, diff, snapshots, images, leases, events, version).
 
 pub mod containers;
+#[cfg(test)]
+pub(crate) mod fake;
 pub mod shim;
 pub mod view;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use containerd_client::services::v1::{
     containers_client::ContainersClient, content_client::ContentClient, diff_client::DiffClient,
@@ -16,6 +19,9 @@ use containerd_client::services::v1::{
 };
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
+
+use containers::{ContainerError, ContainerSummary, NewContainer, ProcessState};
+use view::ViewError;
 
 /// The snapshotter the agent unpacks images into and runs containers from.
 pub const SNAPSHOTTER: &str = "overlayfs";
@@ -30,6 +36,42 @@ pub enum RuntimeError {
     },
     #[error("invalid containerd namespace {0:?}: use letters, digits, '.', '_' and '-'")]
     Namespace(String),
+}
+
+/// What the reconciler asks of the container runtime, containerd in the agent: the seam
+/// between the task supervisor's rules and the runtime, so that the rules can be exercised
+/// without one (`fake`). Ids are container ids (`<task id>-<container name>`).
+#[async_trait::async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// The containerd namespace the containers live in; it also names their cgroups.
+    fn namespace(&self) -> &str;
+    /// Creates a container (not its process); an existing one is kept.
+    async fn create(&self, c: NewContainer<'_>) -> Result<(), ContainerError>;
+    /// Starts the container's process, replacing an exited one; returns its pid.
+    async fn start(&self, id: &str, stdio: &str) -> Result<u32, ContainerError>;
+    async fn state(&self, id: &str) -> Result<ProcessState, ContainerError>;
+    /// Waits for the process to exit and returns its exit code (at once if it has).
+    async fn wait(&self, id: &str) -> Result<u32, ContainerError>;
+    /// Signals the container's processes; one already gone is not an error.
+    async fn kill(&self, id: &str, signal: u32) -> Result<(), ContainerError>;
+    /// Deletes the container, its process and its writable layer; nothing left is fine.
+    async fn delete(&self, id: &str) -> Result<(), ContainerError>;
+    /// Runs `process` (an OCI process spec) in the running container; its exit code.
+    async fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process: serde_json::Value,
+        timeout: Duration,
+    ) -> Result<u32, ContainerError>;
+    /// The containers that carry `label`.
+    async fn list(&self, label: &str) -> Result<Vec<ContainerSummary>, ContainerError>;
+    /// The files at `paths` in the image whose top snapshot is `chain_id`, if present.
+    async fn image_files(
+        &self,
+        chain_id: &str,
+        paths: &[&str],
+    ) -> Result<Vec<Option<String>>, ViewError>;
 }
 
 /// A handle on containerd. Cloning is cheap: clones share the channel, which reconnects by
@@ -65,6 +107,18 @@ impl Containerd {
             namespace_name: namespace.to_string(),
             socket: socket.to_path_buf(),
         })
+    }
+
+    /// A handle on nothing (every call fails as containerd being unavailable), for unit
+    /// tests that must build what holds one but drive a fake runtime.
+    #[cfg(test)]
+    pub(crate) fn unconnected(namespace: &str) -> Self {
+        Self {
+            channel: tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy(),
+            namespace: namespace.parse().expect("tests pass a valid namespace"),
+            namespace_name: namespace.to_string(),
+            socket: PathBuf::from("/nonexistent/containerd.sock"),
+        }
     }
 
     pub fn namespace(&self) -> &str {
