@@ -4,10 +4,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
-    cluster_name, cluster_not_found, invalid, page_end, parse_json, server, tags_json, valid_name,
-    MAX_PAGE,
+    after_key, cluster_name, cluster_not_found, invalid, list_answer, max_results, page,
+    parse_json, server, tags_json, valid_name,
 };
-use crate::api::{self, ApiError};
+use crate::api::ApiError;
 use crate::state::Hub;
 use crate::store;
 
@@ -107,27 +107,15 @@ pub(crate) struct ListInput {
 }
 
 pub(crate) fn list_clusters(hub: &Hub, input: ListInput) -> Result<Value, ApiError> {
-    let limit = api::page_size(
-        input.max_results,
-        MAX_PAGE,
-        "maxResults",
-        "InvalidParameterException",
-    )?;
-    let after = match &input.next_token {
-        Some(t) => Some(api::decode_token(t).ok_or_else(|| invalid("invalid nextToken"))?),
-        None => None,
-    };
+    let limit = max_results(input.max_results)?;
+    let after = after_key(input.next_token.as_deref())?;
     let mut names = hub
         .store
         .list_clusters(after.as_deref(), limit + 1)
         .map_err(server)?;
-    let next = page_end(&mut names, limit).map(|last| api::encode_token(&last));
-    let arns: Vec<String> = names.iter().map(|n| hub.arns.cluster(n)).collect();
-    let mut out = json!({ "clusterArns": arns });
-    if let Some(t) = next {
-        out["nextToken"] = t.into();
-    }
-    Ok(out)
+    let next = page(&mut names, limit, String::clone);
+    let arns = names.iter().map(|n| hub.arns.cluster(n)).collect();
+    Ok(list_answer("clusterArns", arns, next))
 }
 
 #[derive(Deserialize)]

@@ -8,8 +8,11 @@ use serde_json::{json, Map, Value};
 use skerry_proto::desired::DesiredStatus;
 use skerry_proto::status::TaskStatus;
 
-use super::{invalid, refuse_set, resolve_cluster, server, OpError, MAX_PAGE};
-use crate::api::{self, ApiError};
+use super::{
+    after_key, describe_list, invalid, list_answer, max_results, page, refuse_set, resolve_cluster,
+    server, OpError,
+};
+use crate::api::ApiError;
 use crate::state::Hub;
 use crate::store::{ContainerInstance, InstanceLoad};
 
@@ -130,12 +133,7 @@ pub(crate) fn list(hub: &Hub, input: ListInput) -> Result<Value, ApiError> {
         &input.filter,
         "the cluster query language is not implemented; filter by --status",
     )])?;
-    let limit = api::page_size(
-        input.max_results,
-        MAX_PAGE,
-        "maxResults",
-        "InvalidParameterException",
-    )?;
+    let limit = max_results(input.max_results)?;
     let status = match input.status.as_deref() {
         None => None,
         Some("ACTIVE") => Some("ACTIVE"),
@@ -149,25 +147,14 @@ pub(crate) fn list(hub: &Hub, input: ListInput) -> Result<Value, ApiError> {
             )))
         }
     };
-    let after = match &input.next_token {
-        Some(t) => Some(api::decode_token(t).ok_or_else(|| invalid("invalid nextToken"))?),
-        None => None,
-    };
-    let rows = hub
+    let after = after_key(input.next_token.as_deref())?;
+    let mut rows = hub
         .store
         .list_container_instances(&cluster, status, after.as_deref(), limit + 1)
         .map_err(server)?;
-    let more = rows.len() > limit;
-    let rows = &rows[..rows.len().min(limit)];
-    let mut out = json!({
-        "containerInstanceArns": rows.iter().map(|(_, arn)| arn.clone()).collect::<Vec<_>>()
-    });
-    if more {
-        if let Some((id, _)) = rows.last() {
-            out["nextToken"] = api::encode_token(id).into();
-        }
-    }
-    Ok(out)
+    let next = page(&mut rows, limit, |(id, _)| id.clone());
+    let arns = rows.into_iter().map(|(_, arn)| arn).collect();
+    Ok(list_answer("containerInstanceArns", arns, next))
 }
 
 // ---- DescribeContainerInstances
@@ -182,14 +169,12 @@ pub(crate) struct DescribeInput {
 
 pub(crate) fn describe(hub: &Hub, input: DescribeInput) -> Result<Value, ApiError> {
     let cluster = resolve_cluster(hub, input.cluster.as_deref())?;
-    let refs = input
-        .container_instances
-        .ok_or_else(|| invalid("containerInstances is required"))?;
-    if refs.is_empty() || refs.len() > MAX_DESCRIBE {
-        return Err(invalid(format!(
-            "containerInstances must name 1 to {MAX_DESCRIBE} container instances"
-        )));
-    }
+    let refs = describe_list(
+        input.container_instances,
+        "containerInstances",
+        MAX_DESCRIBE,
+        "container instances",
+    )?;
     // Tags (none on devices yet) are always shown; health is not tracked.
     if let Some(bad) = input
         .include

@@ -340,14 +340,52 @@ fn cluster_name<'a>(hub: &Hub, id: &'a str) -> Option<&'a str> {
     valid_name(name).then_some(name)
 }
 
-/// Trims a `limit + 1` fetch to `limit`, returning the last kept item when more follow.
-fn page_end<T: Clone>(items: &mut Vec<T>, limit: usize) -> Option<T> {
-    if items.len() > limit {
-        items.truncate(limit);
-        items.last().cloned()
+// ---- the Describe* and List* skeleton
+
+/// The list a Describe* operation names in `field`: required, 1 to `max` entries.
+fn describe_list<T>(
+    list: Option<Vec<T>>,
+    field: &str,
+    max: usize,
+    what: &str,
+) -> Result<Vec<T>, ApiError> {
+    let list = list.ok_or_else(|| invalid(format!("{field} is required")))?;
+    if list.is_empty() || list.len() > max {
+        return Err(invalid(format!("{field} must name 1 to {max} {what}")));
+    }
+    Ok(list)
+}
+
+/// A List* operation's `maxResults`: 1 to [`MAX_PAGE`], [`MAX_PAGE`] when absent.
+fn max_results(n: Option<i64>) -> Result<usize, ApiError> {
+    api::page_size(n, MAX_PAGE, "maxResults", "InvalidParameterException")
+}
+
+/// The key a `nextToken` this hub gave out stands for (a name, or `family:revision`).
+fn after_key(token: Option<&str>) -> Result<Option<String>, ApiError> {
+    token
+        .map(|t| api::decode_token(t).ok_or_else(|| invalid("invalid nextToken")))
+        .transpose()
+}
+
+/// Trims a `limit + 1` fetch to `limit`; when more follow, the `nextToken` that resumes
+/// after the last row kept, made from its `key`.
+fn page<T>(rows: &mut Vec<T>, limit: usize, key: impl FnOnce(&T) -> String) -> Option<String> {
+    if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(|r| api::encode_token(&key(r)))
     } else {
         None
     }
+}
+
+/// A List* answer: the ARNs under `key`, and `nextToken` when there is one.
+fn list_answer(key: &str, arns: Vec<String>, next: Option<String>) -> Value {
+    let mut out = json!({ key: arns });
+    if let Some(t) = next {
+        out["nextToken"] = t.into();
+    }
+    out
 }
 
 /// What a `taskDefinition` parameter names: a family (its latest ACTIVE revision) or one

@@ -7,8 +7,9 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{
-    active_definition, check_launch_type, check_placement_strategy, invalid, parse_task_definition,
-    refuse_set, resolve_cluster, server, tags_value, valid_name, OpError, MAX_PAGE,
+    active_definition, check_launch_type, check_placement_strategy, describe_list, invalid,
+    list_answer, max_results, page, parse_task_definition, refuse_set, resolve_cluster, server,
+    tags_value, valid_name, OpError,
 };
 use crate::api::{self, ApiError};
 use crate::scheduler::{self, new_deployment_id};
@@ -657,14 +658,7 @@ pub(crate) fn describe_services(
     input: DescribeServicesInput,
 ) -> Result<Value, ApiError> {
     let cluster = resolve_cluster(hub, input.cluster.as_deref())?;
-    let ids = input
-        .services
-        .ok_or_else(|| invalid("services is required"))?;
-    if ids.is_empty() || ids.len() > MAX_DESCRIBE {
-        return Err(invalid(format!(
-            "services must name 1 to {MAX_DESCRIBE} services"
-        )));
-    }
+    let ids = describe_list(input.services, "services", MAX_DESCRIBE, "services")?;
     let with_tags = input.include.iter().flatten().any(|i| i == "TAGS");
     let (mut services, mut failures) = (Vec::new(), Vec::new());
     for id in &ids {
@@ -704,7 +698,7 @@ pub(crate) fn list_services(hub: &Hub, input: ListServicesInput) -> Result<Value
     let cluster = resolve_cluster(hub, input.cluster.as_deref())?;
     let limit = match input.max_results {
         None => DEFAULT_PAGE,
-        n => api::page_size(n, MAX_PAGE, "maxResults", "InvalidParameterException")?,
+        n => max_results(n)?,
     };
     if let Some(s) = input.scheduling_strategy.as_deref() {
         if !matches!(s, "REPLICA" | "DAEMON") {
@@ -720,7 +714,7 @@ pub(crate) fn list_services(hub: &Hub, input: ListServicesInput) -> Result<Value
             input.resource_management_type.as_deref(),
             None | Some("CUSTOMER")
         );
-    let rows = if matches {
+    let mut rows = if matches {
         hub.store
             .list_services(
                 &cluster,
@@ -732,19 +726,12 @@ pub(crate) fn list_services(hub: &Hub, input: ListServicesInput) -> Result<Value
     } else {
         Vec::new()
     };
-    let more = rows.len() > limit;
-    let rows = &rows[..rows.len().min(limit)];
-    let arns: Vec<String> = rows
+    let next = page(&mut rows, limit, |s| s.id.to_string());
+    let arns = rows
         .iter()
         .map(|s| hub.arns.service(&s.cluster, &s.name))
         .collect();
-    let mut out = json!({ "serviceArns": arns });
-    if more {
-        if let Some(s) = rows.last() {
-            out["nextToken"] = api::encode_token(&s.id.to_string()).into();
-        }
-    }
-    Ok(out)
+    Ok(list_answer("serviceArns", arns, next))
 }
 
 #[cfg(test)]

@@ -5,9 +5,10 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{
-    client, invalid, page_end, parse_json, parse_reference, server, tags_json, valid_name, MAX_PAGE,
+    after_key, client, invalid, list_answer, max_results, page, parse_json, parse_reference,
+    server, tags_json, valid_name,
 };
-use crate::api::{self, ApiError};
+use crate::api::ApiError;
 use crate::state::Hub;
 use crate::store::{self, Order};
 use crate::taskdef::validate_task_definition;
@@ -128,12 +129,7 @@ pub(crate) fn list_task_definitions(
     hub: &Hub,
     input: ListTaskDefinitionsInput,
 ) -> Result<Value, ApiError> {
-    let limit = api::page_size(
-        input.max_results,
-        MAX_PAGE,
-        "maxResults",
-        "InvalidParameterException",
-    )?;
+    let limit = max_results(input.max_results)?;
     let status = input.status.unwrap_or_else(|| "ACTIVE".into());
     if !matches!(
         status.as_str(),
@@ -152,9 +148,8 @@ pub(crate) fn list_task_definitions(
             )))
         }
     };
-    let after = match &input.next_token {
-        Some(t) => {
-            let key = api::decode_token(t).ok_or_else(|| invalid("invalid nextToken"))?;
+    let after = match after_key(input.next_token.as_deref())? {
+        Some(key) => {
             let (f, r) = key
                 .rsplit_once(':')
                 .ok_or_else(|| invalid("invalid nextToken"))?;
@@ -173,16 +168,12 @@ pub(crate) fn list_task_definitions(
             limit + 1,
         )
         .map_err(server)?;
-    let next = page_end(&mut rows, limit).map(|(f, r)| api::encode_token(&format!("{f}:{r}")));
-    let arns: Vec<String> = rows
+    let next = page(&mut rows, limit, |(f, r)| format!("{f}:{r}"));
+    let arns = rows
         .iter()
         .map(|(f, r)| hub.arns.task_definition(f, *r))
         .collect();
-    let mut out = json!({ "taskDefinitionArns": arns });
-    if let Some(t) = next {
-        out["nextToken"] = t.into();
-    }
-    Ok(out)
+    Ok(list_answer("taskDefinitionArns", arns, next))
 }
 
 #[derive(Deserialize)]

@@ -5,8 +5,9 @@ use serde_json::{json, Value};
 
 use super::instances::resolve_instance;
 use super::{
-    active_definition, check_launch_type, check_placement_strategy, invalid, parse_task_definition,
-    refuse_set, resolve_cluster, server, tags_value, task_arn, task_json, OpError, MAX_PAGE,
+    active_definition, check_launch_type, check_placement_strategy, describe_list, invalid,
+    list_answer, max_results, page, parse_task_definition, refuse_set, resolve_cluster, server,
+    tags_value, task_arn, task_json, OpError,
 };
 use crate::api::{self, ApiError};
 use crate::scheduler::{self, Placed, TaskSpec};
@@ -233,12 +234,7 @@ pub(crate) struct DescribeTasksInput {
 
 pub(crate) fn describe_tasks(hub: &Hub, input: DescribeTasksInput) -> Result<Value, ApiError> {
     let cluster = resolve_cluster(hub, input.cluster.as_deref())?;
-    let ids = input.tasks.ok_or_else(|| invalid("tasks is required"))?;
-    if ids.is_empty() || ids.len() > MAX_DESCRIBE {
-        return Err(invalid(format!(
-            "tasks must name 1 to {MAX_DESCRIBE} tasks"
-        )));
-    }
+    let ids = describe_list(input.tasks, "tasks", MAX_DESCRIBE, "tasks")?;
     let with_tags = wants_tags(&input.include);
     let (mut tasks, mut failures) = (Vec::new(), Vec::new());
     for id in &ids {
@@ -270,12 +266,7 @@ pub(crate) struct ListTasksInput {
 
 pub(crate) fn list_tasks(hub: &Hub, input: ListTasksInput) -> Result<Value, ApiError> {
     let cluster = resolve_cluster(hub, input.cluster.as_deref())?;
-    let limit = api::page_size(
-        input.max_results,
-        MAX_PAGE,
-        "maxResults",
-        "InvalidParameterException",
-    )?;
+    let limit = max_results(input.max_results)?;
     refuse_set(&[(
         "daemonName",
         &input.daemon_name,
@@ -312,7 +303,7 @@ pub(crate) fn list_tasks(hub: &Hub, input: ListTasksInput) -> Result<Value, ApiE
         None => None,
     };
     // Tasks here are all EXTERNAL: another launch type matches none.
-    let rows = if matches!(input.launch_type.as_deref(), None | Some("EXTERNAL")) {
+    let mut rows = if matches!(input.launch_type.as_deref(), None | Some("EXTERNAL")) {
         hub.store
             .list_tasks(
                 &TaskFilter {
@@ -330,13 +321,7 @@ pub(crate) fn list_tasks(hub: &Hub, input: ListTasksInput) -> Result<Value, ApiE
     } else {
         Vec::new()
     };
-    let more = rows.len() > limit;
-    let rows = &rows[..rows.len().min(limit)];
-    let mut out = json!({ "taskArns": rows.iter().map(|(_, a)| a.clone()).collect::<Vec<_>>() });
-    if more {
-        if let Some((seq, _)) = rows.last() {
-            out["nextToken"] = api::encode_token(&seq.to_string()).into();
-        }
-    }
-    Ok(out)
+    let next = page(&mut rows, limit, |(seq, _)| seq.to_string());
+    let arns = rows.into_iter().map(|(_, arn)| arn).collect();
+    Ok(list_answer("taskArns", arns, next))
 }
