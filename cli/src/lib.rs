@@ -5,10 +5,10 @@
 //! # Layout
 //! - `client`: SigV4-signed calls to the hub's ECS and SSM JSON API.
 //! - `activation`: `activation create`, which writes a device's `provision.toml`.
-//! - `fleet`: the instances, tasks and services views.
+//! - `views`: the instances, tasks and services views.
 //! - `table`: plain-text tables for a terminal.
 
 pub mod activation;
 pub mod client;
-pub mod fleet;
 pub mod table;
+pub mod views;

@@ -9,8 +9,8 @@ use clap::{Parser, Subcommand};
 use serde_json::Value;
 use skerry_cli::activation::{self, Request};
 use skerry_cli::client::Hub;
-use skerry_cli::fleet;
 use skerry_cli::table::Table;
+use skerry_cli::views;
 
 #[derive(Parser)]
 #[command(name = "skerry", version, about = "Operate a Skerry fleet")]
@@ -310,8 +310,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Image { cmd } => image(cmd),
         Cmd::Instances { cluster, json } => {
-            let items = fleet::instances(&hub, &cluster).await?;
-            let table = fleet::instances_table(&items);
+            let items = views::instances(&hub, &cluster).await?;
+            let table = views::instances_table(&items);
             print(
                 json,
                 &items,
@@ -320,23 +320,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
         }
         Cmd::Tasks { cluster, all, json } => {
-            let items = fleet::tasks(&hub, &cluster, all).await?;
+            let items = views::tasks(&hub, &cluster, all).await?;
             let instances = if json {
                 Vec::new()
             } else {
-                fleet::instances(&hub, &cluster).await?
+                views::instances(&hub, &cluster).await?
             };
-            let table = fleet::tasks_table(&items, &instances);
+            let table = views::tasks_table(&items, &instances);
             print(json, &items, table, &format!("no tasks in {cluster}"))
         }
         Cmd::Events { instance, json } => {
-            let items = fleet::events(&hub, instance.as_deref()).await?;
-            let table = fleet::events_table(&items);
+            let items = views::events(&hub, instance.as_deref()).await?;
+            let table = views::events_table(&items);
             print(json, &items, table, "no events")
         }
         Cmd::Services { cluster, json } => {
-            let items = fleet::services(&hub, &cluster).await?;
-            let table = fleet::services_table(&items);
+            let items = views::services(&hub, &cluster).await?;
+            let table = views::services_table(&items);
             print(json, &items, table, &format!("no services in {cluster}"))
         }
     }

@@ -2,46 +2,51 @@
 //! (and SSM activation) JSON API, so the stock aws CLI drives it with `--endpoint-url`.
 //!
 //! # Layout
-//! - `config`: the TOML configuration, checked into [`config::Config`] at startup.
-//! - `server`: the HTTP listeners (API and registration), request handling and graceful
-//!   shutdown.
-//! - `sigv4`: AWS Signature Version 4 verification of incoming requests.
-//! - `api`: the AWS JSON 1.1 protocol: operation dispatch and the error shape.
-//! - `ecs`: ECS operations: clusters and task definitions.
-//! - `ecs_tasks`: ECS task operations, and the dispatch of the task, service and container
-//!   instance operations.
-//! - `ecs_services`: ECS service operations.
-//! - `ecs_instances`: ECS container instance operations.
-//! - `scheduler`: task placement, service plans and the service loop.
-//! - `fleet`: the hub's side of the device link: desired-state documents, the instances
-//!   whose document changed, and applying what devices report.
-//! - `ssm`: SSM activations, the credentials devices register with.
-//! - `events`: `ListEvents`, the device event history `skerry events` shows.
-//! - `ca`: the hub's certificate authority: device, server and hub client certificates.
+//! Where a request goes: `server` verifies it (`sigv4`) and hands it to `api`, whose
+//! [`api::OPERATIONS`] table names the handler of every operation. Start there.
+//!
+//! - `api`: the AWS JSON 1.1 protocol, the dispatch table and the operations:
+//!   `api/ecs/` (`clusters`, `task_definitions`, `tasks`, `services`, `instances`, and in
+//!   `api/ecs/mod.rs` what they share: error constructors, cluster and task definition
+//!   references, tags, pagination), `api/ssm.rs` (activations), `api/skerry.rs`
+//!   (`ListEvents`).
+//! - `state`: [`state::Hub`], what every part works over: the store, the ARNs, the changes.
+//! - `arn`: every ARN the hub gives out or reads back.
+//! - `changes`: the one write path to the store, and the wake-ups it sends the publisher and
+//!   the service loop.
+//! - `clock`: the hub's clock, read in one place.
+//! - `scheduler`: task placement (`scheduler/placement.rs`, pure) and the service loop
+//!   (`scheduler/service_loop.rs`).
+//! - `device`: the device side, without the transport: desired-state documents out
+//!   (`device/documents.rs`) and device messages in (`device/ingest.rs`).
+//! - `link`: the hub's MQTT client, which carries the device side over the broker.
+//! - `server`: the API listener, request handling and graceful shutdown.
 //! - `register`: the HTTPS listener devices register with (`POST /v1/register`).
+//! - `listener`: the bounded accept loop both listeners use.
+//! - `sigv4`: AWS Signature Version 4 verification of incoming requests.
+//! - `config`: the TOML configuration, checked into [`config::Config`] at startup.
+//! - `ca`: the hub's certificate authority: device, server and hub client certificates.
 //! - `broker`: the Mosquitto configuration and ACL `skerry-hub broker-config` writes.
 //! - `taskdef`: the check a task definition passes before it is stored.
-//! - `store`: the fleet state in SQLite; all SQL lives here (`store/instances.rs`: devices
+//! - `store`: the hub's state in SQLite; all SQL lives here (`store/instances.rs`: devices
 //!   and their registration, `store/tasks.rs`: tasks and the write transaction,
-//!   `store/services.rs`, `store/events.rs`: device and service events, `store/fleet.rs`:
+//!   `store/services.rs`, `store/events.rs`: device and service events, `store/links.rs`:
 //!   each device's link).
-//! - `link`: the hub's MQTT client: desired-state documents out, device messages in.
 
 pub mod api;
+pub mod arn;
 pub mod broker;
 pub mod ca;
+pub mod changes;
+pub mod clock;
 pub mod config;
-pub mod ecs;
-pub mod ecs_instances;
-pub mod ecs_services;
-pub mod ecs_tasks;
-pub mod events;
-pub mod fleet;
+pub mod device;
 pub mod link;
+pub mod listener;
 pub mod register;
 pub mod scheduler;
 pub mod server;
 pub mod sigv4;
-pub mod ssm;
+pub mod state;
 pub mod store;
 pub mod taskdef;

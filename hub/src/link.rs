@@ -1,17 +1,17 @@
 //! The hub's MQTT link: one privileged client of the broker (CN `skerry-hub`, a certificate
 //! the hub issues itself from its CA). It publishes each instance's desired-state document,
-//! retained, whenever the fleet marks it dirty, and feeds every device message into
-//! [`Fleet::ingest`] and every presence change into [`Fleet::set_connected`].
+//! retained, whenever a change marks it dirty, and feeds every device message and presence
+//! change into the device side ([`device::ingest_batch`]).
 //!
 //! - Delivery: the session is persistent (clean session off) and acks are manual: a device
 //!   message is PUBACKed only after its effects are committed, so a hub that stops between
-//!   the two gets it again from the broker. The fleet dedupes by sequence number.
+//!   the two gets it again from the broker. The device side dedupes by sequence number.
 //! - The event loop only reads: a worker task applies messages and acks them. The broker sends
 //!   at most its `max_inflight_messages` unacknowledged messages, which `broker-config` keeps
 //!   below [`WORK_QUEUE`], so handing a message to the worker never waits on the worker.
 //!   The worker takes whatever has arrived, up to [`INGEST_BATCH`], applies it in one
-//!   transaction ([`Fleet::ingest_batch`]) and acks each message of it after the commit: a
-//!   fleet answering at once costs a commit per batch, not per message.
+//!   transaction ([`device::ingest_batch`]) and acks each message of it after the commit: a
+//!   device side answering at once costs a commit per batch, not per message.
 //! - Documents go out in batches of [`DOCUMENT_BATCH`], built from one store snapshot off
 //!   the async runtime, then queued for the event loop without waiting for the broker, at
 //!   most [`DOCUMENTS_IN_FLIGHT`] not yet acked by it, so the worker's acks always find room
@@ -30,10 +30,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::api::Api;
 use crate::ca::{Ca, HUB_IDENTITY};
 use crate::config::BrokerUrl;
-use crate::fleet::{DeviceMessage, Fleet, Ingested};
+use crate::device::{self, DeviceMessage, Ingested};
+use crate::state::Hub;
 
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
@@ -115,24 +115,15 @@ impl Link {
 
     /// Runs until `shutdown`: the event loop (device messages in) and the publisher
     /// (documents out).
-    pub async fn run(self, api: Arc<Api>, fleet: Arc<Fleet>, shutdown: CancellationToken) {
+    pub async fn run(self, hub: Arc<Hub>, shutdown: CancellationToken) {
         let window = Arc::new(Semaphore::new(DOCUMENTS_IN_FLIGHT));
         let publisher = tokio::spawn(publish_documents(
             self.client.clone(),
-            api.clone(),
-            fleet.clone(),
+            hub.clone(),
             window.clone(),
             shutdown.clone(),
         ));
-        receive(
-            self.client.clone(),
-            self.events,
-            api,
-            fleet,
-            window,
-            shutdown,
-        )
-        .await;
+        receive(self.client.clone(), self.events, hub, window, shutdown).await;
         let _ = self.client.try_disconnect();
         let _ = publisher.await;
     }
@@ -156,8 +147,7 @@ fn release(window: &Semaphore, n: usize) {
 async fn receive(
     client: AsyncClient,
     mut events: EventLoop,
-    api: Arc<Api>,
-    fleet: Arc<Fleet>,
+    hub: Arc<Hub>,
     window: Arc<Semaphore>,
     shutdown: CancellationToken,
 ) {
@@ -167,7 +157,7 @@ async fn receive(
     let worker = tokio::spawn(async move {
         let mut batch = Vec::with_capacity(INGEST_BATCH);
         while rx.recv_many(&mut batch, INGEST_BATCH).await > 0 {
-            handle(&api, &fleet, &batch).await;
+            handle(&hub, &batch).await;
             for p in batch.drain(..) {
                 // Once the event loop has stopped an ack could wait for ever; an unacked
                 // message comes back on the next connection and is deduplicated.
@@ -221,13 +211,6 @@ async fn receive(
     let _ = worker.await;
 }
 
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
 /// A device message as its topic and payload say, or why it is not one the hub uses
 /// (`Ok(None)`: nothing to apply, e.g. a cleared retained presence).
 fn parse(p: &Publish) -> Result<Option<(String, DeviceMessage)>, String> {
@@ -255,9 +238,9 @@ fn parse(p: &Publish) -> Result<Option<(String, DeviceMessage)>, String> {
 /// Applies a batch of device messages, in one transaction when it can. Whatever happens
 /// they are then acknowledged: a message the hub cannot use would otherwise come back for
 /// ever. What is refused is logged with its topic.
-async fn handle(api: &Arc<Api>, fleet: &Arc<Fleet>, batch: &[Publish]) {
+async fn handle(hub: &Arc<Hub>, batch: &[Publish]) {
     let batch: Vec<Publish> = batch.to_vec();
-    let (api, fleet) = (api.clone(), fleet.clone());
+    let hub = hub.clone();
     let done = tokio::task::spawn_blocking(move || {
         let mut messages = Vec::with_capacity(batch.len());
         let mut topics = Vec::with_capacity(batch.len());
@@ -271,7 +254,7 @@ async fn handle(api: &Arc<Api>, fleet: &Arc<Fleet>, batch: &[Publish]) {
                 Err(e) => warn!(topic = %p.topic, error = %e, "device message refused"),
             }
         }
-        let outcomes = match fleet.ingest_batch(&api, &messages, now()) {
+        let outcomes = match device::ingest_batch(&hub, &messages, crate::clock::now()) {
             Ok(outcomes) => outcomes,
             Err(e) => {
                 // The batch's transaction failed as a whole: each message alone, so one
@@ -279,7 +262,7 @@ async fn handle(api: &Arc<Api>, fleet: &Arc<Fleet>, batch: &[Publish]) {
                 warn!(error = %e, messages = messages.len(), "device message batch failed; applying one at a time");
                 messages
                     .iter()
-                    .map(|m| match fleet.ingest_batch(&api, std::slice::from_ref(m), now()) {
+                    .map(|m| match device::ingest_batch(&hub, std::slice::from_ref(m), crate::clock::now()) {
                         Ok(mut one) => one.pop().unwrap_or(Ok(Ingested::Duplicate)),
                         Err(e) => Err(e.into()),
                     })
@@ -304,23 +287,22 @@ async fn handle(api: &Arc<Api>, fleet: &Arc<Fleet>, batch: &[Publish]) {
 
 async fn publish_documents(
     client: AsyncClient,
-    api: Arc<Api>,
-    fleet: Arc<Fleet>,
+    hub: Arc<Hub>,
     window: Arc<Semaphore>,
     shutdown: CancellationToken,
 ) {
     loop {
-        let dirty = fleet.take_dirty();
+        let dirty = hub.changes.take_dirty();
         if dirty.is_empty() {
             tokio::select! {
-                _ = fleet.documents_changed() => continue,
+                _ = hub.changes.documents_changed() => continue,
                 _ = shutdown.cancelled() => return,
             }
         }
         for ids in dirty.chunks(DOCUMENT_BATCH) {
-            let (api2, fleet2, ids2) = (api.clone(), fleet.clone(), ids.to_vec());
+            let (hub2, ids2) = (hub.clone(), ids.to_vec());
             let built = tokio::task::spawn_blocking(move || {
-                fleet2.desired_documents(&api2, &ids2).map(|docs| {
+                device::desired_documents(&hub2, &ids2).map(|docs| {
                     docs.into_iter()
                         .map(|d| {
                             d.map(|d| {
@@ -370,7 +352,7 @@ async fn publish_documents(
                         if let Err(e) = r {
                             warn!(%instance, error = %e, "cannot queue the desired-state document");
                             release(&window, 1);
-                            fleet.mark_dirty([instance.clone()]);
+                            hub.changes.mark_dirty([instance.clone()]);
                         }
                     }
                     _ = shutdown.cancelled() => return,

@@ -9,7 +9,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -30,9 +30,9 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::Api;
 use crate::ca::{Ca, CaError};
-use crate::server::accept_next;
+use crate::listener::accept_next;
+use crate::state::Hub;
 use crate::store::{ActivationFilter, CodeHash, NewInstance, RegisterOutcome, StoreError};
 
 /// The cluster ECS Anywhere registers into when none is named, made on first use.
@@ -116,7 +116,7 @@ impl From<StoreError> for Refusal {
 
 /// What registration needs from the rest of the hub.
 pub struct Registrar {
-    pub api: Arc<Api>,
+    pub hub: Arc<Hub>,
     pub ca: Arc<Ca>,
     /// Sent to devices: where their MQTT link connects.
     pub broker_url: String,
@@ -135,7 +135,7 @@ impl Registrar {
                 e.to_string()
             })
         })?;
-        let store = &self.api.store;
+        let store = &self.hub.store;
         let id = &req.activation_id;
         let unknown = || Refusal::UnknownActivation { id: id.clone() };
         let stored = store.activation_code_hash(id)?.ok_or_else(unknown)?;
@@ -184,10 +184,10 @@ impl Registrar {
                 })?;
         let memory_mib = i64::try_from(req.memory_mib)
             .map_err(|_| Refusal::BadRequest("memoryMib: is too large".into()))?;
-        let container_instance_arn = self.api.arn(
-            "ecs",
-            &format!("container-instance/{}/{}", req.cluster, random_hex(16)),
-        );
+        let container_instance_arn = self
+            .hub
+            .arns
+            .container_instance(&req.cluster, &random_hex(16));
         let new = NewInstance {
             id: instance_id.clone(),
             arn: container_instance_arn.clone(),
@@ -226,7 +226,7 @@ impl Registrar {
         Ok(RegistrationResponse {
             instance_id,
             container_instance_arn,
-            cluster_arn: self.api.arn("ecs", &format!("cluster/{}", req.cluster)),
+            cluster_arn: self.hub.arns.cluster(&req.cluster),
             certificate,
             ca_certificate: self.ca.cert_pem().to_string(),
             broker_url: self.broker_url.clone(),
@@ -368,13 +368,6 @@ impl Listener {
     }
 }
 
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
-}
-
 fn response(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
@@ -445,7 +438,7 @@ async fn register(
             )))
         }
     };
-    tokio::task::spawn_blocking(move || registrar.register(&body, now()))
+    tokio::task::spawn_blocking(move || registrar.register(&body, crate::clock::now()))
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "registration panicked");
@@ -456,7 +449,7 @@ async fn register(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ssm, store::Store};
+    use crate::store::Store;
 
     #[test]
     fn instance_ids_are_what_proto_accepts() {
@@ -470,13 +463,13 @@ mod tests {
     #[test]
     fn code_check_matches_what_ssm_stores() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let api = Api {
-            store: Store::open(dir.path()).expect("open"),
-            region: "us-east-1".into(),
-            account_id: "000000000000".into(),
-        };
-        let out = ssm::call(
-            &api,
+        let hub = Hub::new(
+            Store::open(dir.path()).expect("open"),
+            crate::arn::Arns::new("us-east-1", "000000000000"),
+        );
+        let out = crate::api::call(
+            &hub,
+            crate::api::Service::Ssm,
             "CreateActivation",
             br#"{"IamRole": "ecsAnywhereRole"}"#,
             1000.0,
@@ -484,7 +477,7 @@ mod tests {
         .expect("create");
         let id = out["ActivationId"].as_str().expect("id");
         let code = out["ActivationCode"].as_str().expect("code");
-        let stored = api
+        let stored = hub
             .store
             .activation_code_hash(id)
             .expect("read")

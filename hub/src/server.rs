@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -19,18 +19,20 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use rand::RngCore;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, Api, ApiError};
+use crate::api::{self, ApiError};
+use crate::arn::Arns;
 use crate::ca::{Ca, CaError};
 use crate::config::Config;
-use crate::fleet::Fleet;
 use crate::link::{Link, LinkError};
+use crate::listener::accept_next;
 use crate::register::{self, ListenError, Registrar};
+use crate::state::Hub;
 use crate::store::{Store, StoreError};
-use crate::{ecs_tasks, scheduler, sigv4};
+use crate::{clock, scheduler, sigv4};
 
 /// Open connections beyond this wait in the kernel's accept backlog.
 const MAX_CONNECTIONS: usize = 256;
@@ -61,8 +63,7 @@ pub enum ServeError {
 }
 
 struct State {
-    api: Arc<Api>,
-    fleet: Arc<Fleet>,
+    hub: Arc<Hub>,
     access_keys: HashMap<String, String>,
 }
 
@@ -82,23 +83,18 @@ impl Server {
         let store = Store::open(&config.data_dir)?;
         let ca = Arc::new(Ca::load_or_create(&config.ca_dir())?);
         let cert_names = config.registration_cert_names();
-        let api = Arc::new(Api {
-            store,
-            region: config.region,
-            account_id: config.account_id,
-        });
+        let hub = Arc::new(Hub::new(store, Arns::new(config.region, config.account_id)));
+        hub.changes.resume(&hub.store)?;
         let registration = register::Listener::bind(
             config.registration.listen,
             &cert_names,
             Registrar {
-                api: api.clone(),
+                hub: hub.clone(),
                 ca: ca.clone(),
                 broker_url: config.broker.url.to_string(),
             },
         )
         .await?;
-        let fleet = Fleet::new();
-        fleet.resume(&api.store)?;
         let link = Link::new(&config.broker.hub_url, &ca)?;
         let listener =
             TcpListener::bind(config.listen)
@@ -109,8 +105,7 @@ impl Server {
                 })?;
         Ok(Self {
             state: Arc::new(State {
-                api,
-                fleet: Arc::new(fleet),
+                hub,
                 access_keys: config.access_keys,
             }),
             listener,
@@ -139,16 +134,8 @@ impl Server {
     /// grace period.
     pub async fn run(self, shutdown: CancellationToken) {
         let registration = tokio::spawn(self.registration.run(shutdown.clone(), self.grace));
-        let services = tokio::spawn(scheduler::run(
-            self.state.api.clone(),
-            self.state.fleet.clone(),
-            shutdown.clone(),
-        ));
-        let link = tokio::spawn(self.link.run(
-            self.state.api.clone(),
-            self.state.fleet.clone(),
-            shutdown.clone(),
-        ));
+        let services = tokio::spawn(scheduler::run(self.state.hub.clone(), shutdown.clone()));
+        let link = tokio::spawn(self.link.run(self.state.hub.clone(), shutdown.clone()));
         let graceful = GracefulShutdown::new();
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         while let Some((permit, stream, peer)) =
@@ -233,44 +220,10 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     Ok(())
 }
 
-fn now() -> Duration {
-    // A clock before 1970 is a broken host; treat it as the epoch and let SigV4 refuse.
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-}
-
 fn new_request_id() -> String {
     let mut b = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut b);
     hex::encode(b)
-}
-
-/// The next connection, once one of `slots` is free; None once `shutdown` is cancelled. A
-/// failed accept (out of file descriptors and the like) is logged and retried after a pause
-/// instead of spinning. Shared by the API and the registration endpoint.
-pub(crate) async fn accept_next(
-    listener: &TcpListener,
-    slots: &Arc<Semaphore>,
-    shutdown: &CancellationToken,
-    what: &str,
-) -> Option<(OwnedSemaphorePermit, TcpStream, SocketAddr)> {
-    let permit = tokio::select! {
-        _ = shutdown.cancelled() => return None,
-        p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-    };
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            r = listener.accept() => match r {
-                Ok((stream, peer)) => return Some((permit, stream, peer)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "{what} accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-        }
-    }
 }
 
 async fn handle(
@@ -329,7 +282,7 @@ async fn respond(state: Arc<State>, req: Request<Incoming>) -> Result<serde_json
             ))
         }
     };
-    let now = now();
+    let now = clock::since_epoch();
     let signed = sigv4::Signed {
         method: parts.method.as_str(),
         path: parts.uri.path(),
@@ -352,10 +305,11 @@ async fn respond(state: Arc<State>, req: Request<Incoming>) -> Result<serde_json
         )
     })?;
     let refuse = |m: String| ApiError::new(403, "InvalidSignatureException", m);
-    if verified.region != state.api.region {
+    if verified.region != state.hub.arns.region() {
         return Err(refuse(format!(
             "credential should be scoped to a valid region, not {:?}; this hub serves {}",
-            verified.region, state.api.region
+            verified.region,
+            state.hub.arns.region()
         )));
     }
     if verified.service != service.signing_name() {
@@ -372,8 +326,7 @@ async fn respond(state: Arc<State>, req: Request<Incoming>) -> Result<serde_json
     let operation = operation.to_string();
     tokio::task::spawn_blocking(move || {
         let now = now.as_secs_f64();
-        ecs_tasks::route(&state.api, &state.fleet, service, &operation, &body, now)
-            .unwrap_or_else(|| state.api.call(service, &operation, &body, now))
+        api::call(&state.hub, service, &operation, &body, now)
     })
     .await
     .map_err(|e| {

@@ -2,7 +2,7 @@
 //! `skerry-hub` process. The device side has no transport yet, so the test plays the
 //! devices in-process: it opens the hub's own SQLite store (SQLite serialises the two
 //! processes' writes) to add container instances as registration would, and applies
-//! device messages with `Fleet::ingest` as the MQTT link will. The hub's service loop runs
+//! device messages with `device::ingest` as the MQTT link does. The hub's service loop runs
 //! in the hub process and sees those changes on its next tick.
 
 mod common;
@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use common::{eventually, Hub, REGION};
 use serde_json::{json, Value};
-use skerry_hub::api::Api;
-use skerry_hub::fleet::{Fleet, Ingested};
+use skerry_hub::arn::Arns;
+use skerry_hub::device::{self, Ingested};
+use skerry_hub::state::Hub as HubState;
 use skerry_hub::store::{ContainerInstance, Store};
 use skerry_proto::desired::DesiredStatus;
 use skerry_proto::link::{Entry, Envelope, Message};
@@ -26,20 +27,17 @@ const CONTAINERS: &str = r#"[{"name":"web","image":"busybox","memory":64,"cpu":1
 
 /// The device side: the hub's store opened in this process.
 struct Devices {
-    api: Api,
-    fleet: Fleet,
+    hub: HubState,
     seq: std::collections::HashMap<String, u64>,
 }
 
 impl Devices {
     fn open(hub: &Hub) -> Devices {
         Devices {
-            api: Api {
-                store: Store::open(&hub.state_dir()).expect("open the hub's store"),
-                region: REGION.into(),
-                account_id: ACCOUNT.into(),
-            },
-            fleet: Fleet::new(),
+            hub: HubState::new(
+                Store::open(&hub.state_dir()).expect("open the hub's store"),
+                Arns::new(REGION, ACCOUNT),
+            ),
             seq: Default::default(),
         }
     }
@@ -51,7 +49,7 @@ impl Devices {
             "arn:aws:ecs:{REGION}:{ACCOUNT}:container-instance/{cluster}/{:032x}",
             n
         );
-        self.api
+        self.hub
             .store
             .insert_container_instance(&ContainerInstance {
                 id: id.clone(),
@@ -89,9 +87,7 @@ impl Devices {
                 message,
             },
         };
-        self.fleet
-            .ingest(&self.api, id, &e, hub_now())
-            .expect("ingest")
+        device::ingest(&self.hub, id, &e, hub_now()).expect("ingest")
     }
 
     /// Device `id` says task `arn` is now `last`.
@@ -137,9 +133,7 @@ impl Devices {
 
     /// (generation, [(task ARN, desired status)]) of the instance's desired document.
     fn document(&self, id: &str) -> (u64, Vec<(String, DesiredStatus)>) {
-        let doc = self
-            .fleet
-            .desired_document(&self.api, id)
+        let doc = device::desired_document(&self.hub, id)
             .expect("document")
             .expect("instance exists");
         let tasks = doc

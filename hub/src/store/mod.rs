@@ -174,14 +174,14 @@ CREATE INDEX service_events_service ON service_events(service_id, id);
 ];
 
 mod events;
-mod fleet;
 mod instances;
+mod links;
 mod services;
 mod tasks;
 
 pub use events::{DeviceEvent, ServiceEvent};
-pub use fleet::{DocumentParts, DocumentRow, InstanceLoad, LinkState};
 pub use instances::{ContainerInstance, NewInstance, RegisterOutcome};
+pub use links::{DocumentParts, DocumentRow, InstanceLoad, LinkState};
 pub use services::{DeploymentCounts, ServiceRow, StartFailures};
 pub use tasks::{
     desired_status_name, health_status_name, task_status_name, LiveServiceTask, TaskFilter,
@@ -716,7 +716,7 @@ mod tests {
             s.document_rows_many(&[id.to_string()]).expect("rows");
         }
         let conn = s.conn().expect("conn");
-        let stmt = conn.prepare_cached(fleet::DOCUMENT_PARTS).expect("cached");
+        let stmt = conn.prepare_cached(links::DOCUMENT_PARTS).expect("cached");
         assert_eq!(
             stmt.get_status(rusqlite::StatementStatus::RePrepare),
             0,

@@ -1,12 +1,25 @@
-//! The AWS JSON 1.1 protocol: `X-Amz-Target` names the operation, the body is its input,
-//! and errors carry `__type` the way the aws CLI reads them. Operations are synchronous
-//! over the store; the server runs them on the blocking pool.
+//! The API the aws CLI speaks to: the AWS JSON 1.1 protocol (`X-Amz-Target` names the
+//! operation, the body is its input, errors carry `__type` the way the aws CLI reads them)
+//! and [`OPERATIONS`], the one table from an operation's name to its handler. Start there
+//! to find where any operation is handled. Operations are synchronous over the store; the
+//! server runs them on the blocking pool.
+//!
+//! # Layout
+//! - `ecs`: the Amazon ECS operations (clusters, task definitions, tasks, services,
+//!   container instances) and what they share.
+//! - `ssm`: SSM activations, the credentials devices register with.
+//! - `skerry`: Skerry's own operations (`ListEvents`, the device event history).
+
+pub(crate) mod ecs;
+pub(crate) mod skerry;
+pub(crate) mod ssm;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::store::{Store, StoreError};
-use crate::{ecs, events, ssm};
+use crate::state::Hub;
+use crate::store::StoreError;
+use ecs::{clusters, instances, services, task_definitions, tasks};
 
 pub const ECS_TARGET_PREFIX: &str = "AmazonEC2ContainerServiceV20141113.";
 pub const SSM_TARGET_PREFIX: &str = "AmazonSSM.";
@@ -15,7 +28,7 @@ pub const SKERRY_TARGET_PREFIX: &str = "SkerryHub_20261126.";
 pub const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
 
 /// The AWS service an operation belongs to; its SigV4 signing name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Service {
     Ecs,
     Ssm,
@@ -77,41 +90,72 @@ impl ApiError {
     }
 }
 
-/// The hub's API state: the store and the identity its ARNs carry.
-pub struct Api {
-    pub store: Store,
-    pub region: String,
-    pub account_id: String,
+/// What every operation runs over: the hub, and the time the request arrived (Unix
+/// seconds, fractional), read once per request.
+pub struct Context<'a> {
+    pub hub: &'a Hub,
+    pub now: f64,
 }
 
-impl Api {
-    /// Runs one operation at the hub's time `now` (Unix seconds, fractional).
-    pub fn call(
-        &self,
-        service: Service,
-        operation: &str,
-        body: &[u8],
-        now: f64,
-    ) -> Result<Value, ApiError> {
-        // The aws CLI sends an empty body for operations without input.
-        let body = if body.iter().all(u8::is_ascii_whitespace) {
-            &b"{}"[..]
-        } else {
-            body
-        };
-        match service {
-            Service::Ecs => ecs::call(self, operation, body, now),
-            Service::Ssm => ssm::call(self, operation, body, now),
-            Service::Skerry => events::call(self, operation, body),
-        }
-    }
+/// An operation's handler: its input is the request body, still to be decoded.
+type Handler = fn(&Context<'_>, &[u8]) -> Result<Value, ApiError>;
 
-    pub fn arn(&self, service: &str, resource: &str) -> String {
-        format!(
-            "arn:aws:{service}:{}:{}:{resource}",
-            self.region, self.account_id
-        )
-    }
+/// Every operation the hub serves: the service its `X-Amz-Target` prefix names, the
+/// operation's name, and where it is handled.
+#[rustfmt::skip]
+pub static OPERATIONS: &[(Service, &str, Handler)] = &[
+    // ECS: clusters
+    (Service::Ecs, "CreateCluster", |c, b| clusters::create_cluster(c.hub, input(b)?, c.now)),
+    (Service::Ecs, "DescribeClusters", |c, b| clusters::describe_clusters(c.hub, input(b)?)),
+    (Service::Ecs, "ListClusters", |c, b| clusters::list_clusters(c.hub, input(b)?)),
+    (Service::Ecs, "DeleteCluster", |c, b| clusters::delete_cluster(c.hub, input(b)?)),
+    // ECS: task definitions
+    (Service::Ecs, "RegisterTaskDefinition", |c, b| task_definitions::register_task_definition(c.hub, input(b)?, c.now)),
+    (Service::Ecs, "DescribeTaskDefinition", |c, b| task_definitions::describe_task_definition(c.hub, input(b)?)),
+    (Service::Ecs, "ListTaskDefinitions", |c, b| task_definitions::list_task_definitions(c.hub, input(b)?)),
+    (Service::Ecs, "DeregisterTaskDefinition", |c, b| task_definitions::deregister_task_definition(c.hub, input(b)?, c.now)),
+    // ECS: tasks
+    (Service::Ecs, "RunTask", |c, b| tasks::run_task(c.hub, input(b)?, c.now)),
+    (Service::Ecs, "StopTask", |c, b| tasks::stop_task(c.hub, input(b)?, c.now)),
+    (Service::Ecs, "DescribeTasks", |c, b| tasks::describe_tasks(c.hub, input(b)?)),
+    (Service::Ecs, "ListTasks", |c, b| tasks::list_tasks(c.hub, input(b)?)),
+    // ECS: services
+    (Service::Ecs, "CreateService", |c, b| services::create_service(c.hub, input(b)?, c.now)),
+    (Service::Ecs, "UpdateService", |c, b| services::update_service(c.hub, input(b)?, c.now)),
+    (Service::Ecs, "DeleteService", |c, b| services::delete_service(c.hub, input(b)?, c.now)),
+    (Service::Ecs, "DescribeServices", |c, b| services::describe_services(c.hub, input(b)?)),
+    (Service::Ecs, "ListServices", |c, b| services::list_services(c.hub, input(b)?)),
+    // ECS: container instances
+    (Service::Ecs, "ListContainerInstances", |c, b| instances::list(c.hub, input(b)?)),
+    (Service::Ecs, "DescribeContainerInstances", |c, b| instances::describe(c.hub, input(b)?)),
+    (Service::Ecs, "DeregisterContainerInstance", |c, b| instances::deregister(c.hub, input(b)?, c.now)),
+    // SSM
+    (Service::Ssm, "CreateActivation", |c, b| ssm::create_activation(c.hub, input(b)?, c.now)),
+    (Service::Ssm, "DescribeActivations", |c, b| ssm::describe_activations(c.hub, input(b)?, c.now)),
+    (Service::Ssm, "DeleteActivation", |c, b| ssm::delete_activation(c.hub, input(b)?)),
+    // Skerry
+    (Service::Skerry, "ListEvents", |c, b| skerry::list_events(c.hub, input(b)?)),
+];
+
+/// Runs one operation of `service` at the hub's time `now` (Unix seconds, fractional).
+pub fn call(
+    hub: &Hub,
+    service: Service,
+    operation: &str,
+    body: &[u8],
+    now: f64,
+) -> Result<Value, ApiError> {
+    // The aws CLI sends an empty body for operations without input.
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        &b"{}"[..]
+    } else {
+        body
+    };
+    let (_, _, handler) = OPERATIONS
+        .iter()
+        .find(|(s, name, _)| *s == service && *name == operation)
+        .ok_or_else(|| unknown_operation(operation))?;
+    handler(&Context { hub, now }, body)
 }
 
 /// Decodes an operation's input; AWS answers type errors with SerializationException.
@@ -195,6 +239,15 @@ mod tests {
             Some((Service::Ssm, "CreateActivation"))
         );
         assert_eq!(parse_target("DynamoDB_20120810.ListTables"), None);
+    }
+
+    #[test]
+    fn every_operation_is_in_the_table_once() {
+        let mut seen = std::collections::HashSet::new();
+        for (service, name, _) in OPERATIONS {
+            assert!(seen.insert((*service, *name)), "{name} twice");
+        }
+        assert_eq!(OPERATIONS.len(), 24);
     }
 
     #[test]

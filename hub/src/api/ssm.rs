@@ -8,7 +8,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::api::{self, Api, ApiError};
+use crate::api::{self, ApiError};
+use crate::state::Hub;
 use crate::store::{self, ActivationFilter, StoreError};
 
 /// SSM's limits: activations live at most 30 days and default to 24 hours.
@@ -17,15 +18,6 @@ const DEFAULT_LIFETIME_SECS: f64 = 86_400.0;
 const MAX_REGISTRATIONS: i64 = 1000;
 const MAX_PAGE: usize = 50;
 const CODE_LEN: usize = 20;
-
-pub fn call(api: &Api, operation: &str, body: &[u8], now: f64) -> Result<Value, ApiError> {
-    match operation {
-        "CreateActivation" => create_activation(api, api::input(body)?, now),
-        "DescribeActivations" => describe_activations(api, api::input(body)?, now),
-        "DeleteActivation" => delete_activation(api, api::input(body)?),
-        _ => Err(api::unknown_operation(operation)),
-    }
-}
 
 fn validation(message: impl Into<String>) -> ApiError {
     ApiError::bad_request("ValidationException", message)
@@ -42,13 +34,11 @@ fn code_hash(salt: &[u8], code: &str) -> Vec<u8> {
     h.finalize().to_vec()
 }
 
-/// Whether `code` is the activation code of activation `id`. Codes are 20 random
+/// Whether `code` is the activation code of activation `id` (the check `register` makes,
+/// over the store). Codes are 20 random
 /// alphanumerics (~119 bits), so a fast salted hash is enough; no password stretching needed.
-pub fn activation_code_matches(
-    store: &store::Store,
-    id: &str,
-    code: &str,
-) -> Result<bool, StoreError> {
+#[cfg(test)]
+fn activation_code_matches(store: &store::Store, id: &str, code: &str) -> Result<bool, StoreError> {
     Ok(match store.activation_code_hash(id)? {
         Some(stored) => code_hash(&stored.salt, code) == stored.hash,
         None => false,
@@ -74,7 +64,7 @@ fn new_activation_id() -> String {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct CreateActivationInput {
+pub(crate) struct CreateActivationInput {
     description: Option<String>,
     default_instance_name: Option<String>,
     iam_role: Option<String>,
@@ -83,7 +73,11 @@ struct CreateActivationInput {
     tags: Option<Vec<Value>>,
 }
 
-fn create_activation(api: &Api, input: CreateActivationInput, now: f64) -> Result<Value, ApiError> {
+pub(crate) fn create_activation(
+    hub: &Hub,
+    input: CreateActivationInput,
+    now: f64,
+) -> Result<Value, ApiError> {
     let iam_role = input
         .iam_role
         .filter(|r| !r.is_empty())
@@ -130,7 +124,7 @@ fn create_activation(api: &Api, input: CreateActivationInput, now: f64) -> Resul
         created_at: now,
         tags: Value::Array(tags).to_string(),
     };
-    api.store
+    hub.store
         .create_activation(&activation, &salt, &code_hash(&salt, &code))
         .map_err(server)?;
     Ok(json!({ "ActivationId": activation.id, "ActivationCode": code }))
@@ -145,14 +139,14 @@ struct Filter {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct DescribeActivationsInput {
+pub(crate) struct DescribeActivationsInput {
     filters: Option<Vec<Filter>>,
     max_results: Option<i64>,
     next_token: Option<String>,
 }
 
-fn describe_activations(
-    api: &Api,
+pub(crate) fn describe_activations(
+    hub: &Hub,
     input: DescribeActivationsInput,
     now: f64,
 ) -> Result<Value, ApiError> {
@@ -188,7 +182,7 @@ fn describe_activations(
         })?),
         None => None,
     };
-    let mut rows = api
+    let mut rows = hub
         .store
         .activations(&filter, after.as_deref(), limit + 1)
         .map_err(server)?;
@@ -229,15 +223,18 @@ fn describe_activations(
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct DeleteActivationInput {
+pub(crate) struct DeleteActivationInput {
     activation_id: Option<String>,
 }
 
-fn delete_activation(api: &Api, input: DeleteActivationInput) -> Result<Value, ApiError> {
+pub(crate) fn delete_activation(
+    hub: &Hub,
+    input: DeleteActivationInput,
+) -> Result<Value, ApiError> {
     let id = input
         .activation_id
         .ok_or_else(|| validation("ActivationId is required"))?;
-    if api.store.delete_activation(&id).map_err(server)? {
+    if hub.store.delete_activation(&id).map_err(server)? {
         Ok(json!({}))
     } else {
         Err(ApiError::bad_request(
@@ -254,11 +251,10 @@ mod tests {
     #[test]
     fn code_is_returned_once_and_only_its_hash_is_kept() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let api = Api {
-            store: store::Store::open(dir.path()).expect("open"),
-            region: "us-east-1".into(),
-            account_id: "000000000000".into(),
-        };
+        let hub = Hub::new(
+            store::Store::open(dir.path()).expect("open"),
+            crate::arn::Arns::new("us-east-1", "000000000000"),
+        );
         let input = CreateActivationInput {
             description: None,
             default_instance_name: None,
@@ -267,12 +263,12 @@ mod tests {
             expiration_date: None,
             tags: None,
         };
-        let out = create_activation(&api, input, 1000.0).expect("create");
+        let out = create_activation(&hub, input, 1000.0).expect("create");
         let id = out["ActivationId"].as_str().expect("id");
         let code = out["ActivationCode"].as_str().expect("code");
         assert_eq!(code.len(), CODE_LEN);
-        assert!(activation_code_matches(&api.store, id, code).expect("check"));
-        assert!(!activation_code_matches(&api.store, id, "wrong").expect("check"));
+        assert!(activation_code_matches(&hub.store, id, code).expect("check"));
+        assert!(!activation_code_matches(&hub.store, id, "wrong").expect("check"));
         let raw = std::fs::read(dir.path().join("hub.db")).expect("db");
         let wal = std::fs::read(dir.path().join("hub.db-wal")).unwrap_or_default();
         for bytes in [raw, wal] {

@@ -8,31 +8,16 @@ use serde_json::{json, Map, Value};
 use skerry_proto::desired::DesiredStatus;
 use skerry_proto::status::TaskStatus;
 
-use crate::api::{self, Api, ApiError};
-use crate::ecs_tasks::{invalid, refuse_set, resolve_cluster, server, OpError};
-use crate::fleet::Fleet;
+use super::{
+    after_key, describe_list, invalid, list_answer, max_results, page, refuse_set, resolve_cluster,
+    server, OpError,
+};
+use crate::api::ApiError;
+use crate::state::Hub;
 use crate::store::{ContainerInstance, InstanceLoad};
 
-const MAX_PAGE: usize = 100;
 const MAX_DESCRIBE: usize = 100;
 const DEREGISTERED: &str = "DEREGISTERED";
-
-pub fn call(
-    api: &Api,
-    fleet: &Fleet,
-    operation: &str,
-    body: &[u8],
-    now: f64,
-) -> Option<Result<Value, ApiError>> {
-    Some(match operation {
-        "ListContainerInstances" => api::input(body).and_then(|i| list(api, i)),
-        "DescribeContainerInstances" => api::input(body).and_then(|i| describe(api, i)),
-        "DeregisterContainerInstance" => {
-            api::input(body).and_then(|i| deregister(api, fleet, i, now))
-        }
-        _ => return None,
-    })
-}
 
 /// ECS's name for a stored status.
 fn ecs_status(status: &str) -> &str {
@@ -46,20 +31,20 @@ fn ecs_status(status: &str) -> &str {
 /// The instance id a `containerInstance` parameter names in `cluster`: its ARN, the id at
 /// the end of the ARN, or the managed instance id.
 pub(crate) fn resolve_instance(
-    api: &Api,
+    hub: &Hub,
     cluster: &str,
     reference: &str,
 ) -> Result<Option<String>, ApiError> {
     let by_id = if skerry_proto::registration::is_instance_id(reference) {
-        api.store.container_instance(reference).map_err(server)?
+        hub.store.container_instance(reference).map_err(server)?
     } else {
         let arn = if reference.starts_with("arn:") {
             reference.to_string()
         } else {
-            api.arn("ecs", &format!("container-instance/{cluster}/{reference}"))
+            hub.arns.container_instance(cluster, reference)
         };
-        match api.store.instance_id_by_arn(&arn).map_err(server)? {
-            Some(id) => api.store.container_instance(&id).map_err(server)?,
+        match hub.store.instance_id_by_arn(&arn).map_err(server)? {
+            Some(id) => hub.store.container_instance(&id).map_err(server)?,
             None => None,
         }
     };
@@ -133,7 +118,7 @@ fn instance_json(i: &ContainerInstance, load: Option<&InstanceLoad>) -> Value {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct ListInput {
+pub(crate) struct ListInput {
     cluster: Option<String>,
     filter: Option<Value>,
     next_token: Option<String>,
@@ -141,19 +126,14 @@ struct ListInput {
     status: Option<String>,
 }
 
-fn list(api: &Api, input: ListInput) -> Result<Value, ApiError> {
-    let cluster = resolve_cluster(api, input.cluster.as_deref())?;
+pub(crate) fn list(hub: &Hub, input: ListInput) -> Result<Value, ApiError> {
+    let cluster = resolve_cluster(hub, input.cluster.as_deref())?;
     refuse_set(&[(
         "filter",
         &input.filter,
         "the cluster query language is not implemented; filter by --status",
     )])?;
-    let limit = api::page_size(
-        input.max_results,
-        MAX_PAGE,
-        "maxResults",
-        "InvalidParameterException",
-    )?;
+    let limit = max_results(input.max_results)?;
     let status = match input.status.as_deref() {
         None => None,
         Some("ACTIVE") => Some("ACTIVE"),
@@ -167,47 +147,34 @@ fn list(api: &Api, input: ListInput) -> Result<Value, ApiError> {
             )))
         }
     };
-    let after = match &input.next_token {
-        Some(t) => Some(api::decode_token(t).ok_or_else(|| invalid("invalid nextToken"))?),
-        None => None,
-    };
-    let rows = api
+    let after = after_key(input.next_token.as_deref())?;
+    let mut rows = hub
         .store
         .list_container_instances(&cluster, status, after.as_deref(), limit + 1)
         .map_err(server)?;
-    let more = rows.len() > limit;
-    let rows = &rows[..rows.len().min(limit)];
-    let mut out = json!({
-        "containerInstanceArns": rows.iter().map(|(_, arn)| arn.clone()).collect::<Vec<_>>()
-    });
-    if more {
-        if let Some((id, _)) = rows.last() {
-            out["nextToken"] = api::encode_token(id).into();
-        }
-    }
-    Ok(out)
+    let next = page(&mut rows, limit, |(id, _)| id.clone());
+    let arns = rows.into_iter().map(|(_, arn)| arn).collect();
+    Ok(list_answer("containerInstanceArns", arns, next))
 }
 
 // ---- DescribeContainerInstances
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct DescribeInput {
+pub(crate) struct DescribeInput {
     cluster: Option<String>,
     container_instances: Option<Vec<String>>,
     include: Option<Vec<String>>,
 }
 
-fn describe(api: &Api, input: DescribeInput) -> Result<Value, ApiError> {
-    let cluster = resolve_cluster(api, input.cluster.as_deref())?;
-    let refs = input
-        .container_instances
-        .ok_or_else(|| invalid("containerInstances is required"))?;
-    if refs.is_empty() || refs.len() > MAX_DESCRIBE {
-        return Err(invalid(format!(
-            "containerInstances must name 1 to {MAX_DESCRIBE} container instances"
-        )));
-    }
+pub(crate) fn describe(hub: &Hub, input: DescribeInput) -> Result<Value, ApiError> {
+    let cluster = resolve_cluster(hub, input.cluster.as_deref())?;
+    let refs = describe_list(
+        input.container_instances,
+        "containerInstances",
+        MAX_DESCRIBE,
+        "container instances",
+    )?;
     // Tags (none on devices yet) are always shown; health is not tracked.
     if let Some(bad) = input
         .include
@@ -221,13 +188,13 @@ fn describe(api: &Api, input: DescribeInput) -> Result<Value, ApiError> {
     }
     let (mut found, mut failures) = (Vec::new(), Vec::new());
     for r in &refs {
-        let instance = match resolve_instance(api, &cluster, r)? {
-            Some(id) => api.store.container_instance(&id).map_err(server)?,
+        let instance = match resolve_instance(hub, &cluster, r)? {
+            Some(id) => hub.store.container_instance(&id).map_err(server)?,
             None => None,
         };
         match instance {
             Some(i) => {
-                let loads = api
+                let loads = hub
                     .store
                     .instance_loads(&cluster, Some(&i.id))
                     .map_err(server)?;
@@ -237,7 +204,7 @@ fn describe(api: &Api, input: DescribeInput) -> Result<Value, ApiError> {
                 let arn = if r.starts_with("arn:") {
                     r.clone()
                 } else {
-                    api.arn("ecs", &format!("container-instance/{cluster}/{r}"))
+                    hub.arns.container_instance(&cluster, r)
                 };
                 failures.push(json!({"arn": arn, "reason": "MISSING"}));
             }
@@ -250,7 +217,7 @@ fn describe(api: &Api, input: DescribeInput) -> Result<Value, ApiError> {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct DeregisterInput {
+pub(crate) struct DeregisterInput {
     cluster: Option<String>,
     container_instance: Option<String>,
     force: Option<bool>,
@@ -260,24 +227,19 @@ struct DeregisterInput {
 /// tasks are recorded STOPPED and the instance's document is emptied: unlike ECS, which
 /// leaves them running unwatched, a device still linked stops them, so nothing runs that
 /// nobody can see. Services start replacements elsewhere.
-fn deregister(
-    api: &Api,
-    fleet: &Fleet,
-    input: DeregisterInput,
-    now: f64,
-) -> Result<Value, ApiError> {
-    let cluster = resolve_cluster(api, input.cluster.as_deref())?;
+pub(crate) fn deregister(hub: &Hub, input: DeregisterInput, now: f64) -> Result<Value, ApiError> {
+    let cluster = resolve_cluster(hub, input.cluster.as_deref())?;
     let reference = input
         .container_instance
         .ok_or_else(|| invalid("containerInstance is required"))?;
-    let id = resolve_instance(api, &cluster, &reference)?.ok_or_else(|| {
+    let id = resolve_instance(hub, &cluster, &reference)?.ok_or_else(|| {
         invalid(format!(
             "container instance {reference} not found in cluster {cluster}"
         ))
     })?;
     let force = input.force.unwrap_or(false);
-    let stopped_any = fleet
-        .write(&api.store, |tx| -> Result<bool, OpError> {
+    let stopped_any = hub
+        .write(|tx| -> Result<bool, OpError> {
             let link = tx
                 .link_state(&id)?
                 .ok_or_else(|| invalid(format!("container instance {id} not found")))?;
@@ -318,14 +280,14 @@ fn deregister(
         })
         .map_err(OpError::into_api)?;
     if stopped_any {
-        fleet.poke_services();
+        hub.changes.poke_services();
     }
-    let i = api
+    let i = hub
         .store
         .container_instance(&id)
         .map_err(server)?
         .ok_or_else(|| invalid(format!("container instance {id} not found")))?;
-    let loads = api
+    let loads = hub
         .store
         .instance_loads(&cluster, Some(&id))
         .map_err(server)?;

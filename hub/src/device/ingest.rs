@@ -1,300 +1,29 @@
-//! The hub's side of the device link, without the transport: the desired-state document
-//! of each instance, the instances whose document changed (for the publisher, which sends
-//! them retained), and [`Fleet::ingest`], which applies one message a device sent.
-//!
-//! Every change goes through [`Fleet::write`]: one store transaction, in which the
-//! generation of each instance whose document changed is bumped; once it commits, those
-//! instances are marked dirty and the publisher is woken. The dirty set holds instance ids,
-//! so it is bounded by the number of instances however often they change.
-//!
-//! The publisher loops on [`Fleet::documents_changed`], then publishes, for the ids
-//! [`Fleet::take_dirty`] returns, [`Fleet::desired_documents`] retained, a batch of ids per
-//! store read (re-marking an id with [`Fleet::mark_dirty`] if its publish failed). Documents
-//! are read when published, so a burst of changes to one instance costs one publish of its
-//! latest document.
-//!
-//! Device messages are deduplicated by sequence number: each instance's highest applied seq
-//! is stored with the changes it brought, so a replayed message changes nothing, even after
-//! a hub restart. The link hands them over in batches ([`Fleet::ingest_batch`]): one
-//! transaction per batch, one savepoint per message. Seqs a message skips that it does not account for (folded or dropped) are
-//! logged as a gap, in the log and in the instance's events.
+//! Ingest in: one device message applied in the caller's transaction.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::HashSet;
 use std::ops::RangeInclusive;
-use std::sync::Mutex;
 
 use serde_json::{json, Map, Value};
-use skerry_proto::desired::{DesiredState, DesiredStatus, DesiredTask, SERVICE_GROUP_PREFIX};
+use skerry_proto::desired::{DesiredStatus, SERVICE_GROUP_PREFIX};
 use skerry_proto::link::{Envelope, Message};
 use skerry_proto::status::{ContainerReport, HealthStatus, TaskReport, TaskStatus};
-use skerry_proto::taskdef::TaskDefinition;
-use tokio::sync::Notify;
 
-use crate::api::Api;
+use super::{DeviceError, Ingested};
+use crate::arn::Arns;
 use crate::scheduler::{self, Demand};
 use crate::store::{
-    desired_status_name, health_status_name, task_status_name, DeviceEvent, DocumentParts,
-    LinkState, Store, StoreError, TaskRow, Txn,
+    desired_status_name, health_status_name, task_status_name, DeviceEvent, LinkState, StoreError,
+    TaskRow, Txn,
 };
 
-#[derive(Debug, thiserror::Error)]
-pub enum FleetError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("no container instance {0}; a device must register before its messages count")]
-    UnknownInstance(String),
-    #[error("desired-state document of {instance}: {message}")]
-    BadDocument { instance: String, message: String },
-}
-
-/// What [`Fleet::ingest`] did with a message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ingested {
-    /// Its seq was applied before: nothing changed.
-    Duplicate,
-    /// Applied. `missing` are seqs before it that never arrived and that it does not
-    /// account for.
-    Applied { missing: Vec<RangeInclusive<u64>> },
-}
-
-#[derive(Default)]
-pub struct Fleet {
-    dirty: Mutex<BTreeSet<String>>,
-    documents: Notify,
-    services: Notify,
-}
-
-impl Fleet {
-    pub fn new() -> Fleet {
-        Fleet::default()
-    }
-
-    /// Marks every instance dirty: after a restart the broker's retained documents may lag
-    /// behind the store (the hub may have stopped between a commit and its publish).
-    pub fn resume(&self, store: &Store) -> Result<(), StoreError> {
-        self.mark_dirty(store.instance_ids()?);
-        Ok(())
-    }
-
-    /// Runs `f` in one store transaction; once it commits, marks the instances whose
-    /// document changed dirty and wakes the publisher.
-    pub fn write<T, E: From<StoreError>>(
-        &self,
-        store: &Store,
-        f: impl FnOnce(&mut Txn<'_>) -> Result<T, E>,
-    ) -> Result<T, E> {
-        let (value, written) = store.write(f)?;
-        self.mark_dirty(written.instances);
-        Ok(value)
-    }
-
-    pub fn mark_dirty(&self, ids: impl IntoIterator<Item = String>) {
-        let mut added = false;
-        {
-            // A panic elsewhere cannot leave a set of strings half-updated.
-            let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
-            for id in ids {
-                added |= dirty.insert(id);
-            }
-        }
-        if added {
-            self.documents.notify_one();
-        }
-    }
-
-    /// Takes the instances whose document changed since the last call, in id order.
-    pub fn take_dirty(&self) -> Vec<String> {
-        let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
-        std::mem::take(&mut *dirty).into_iter().collect()
-    }
-
-    /// Resolves when some document changed since the last [`Fleet::take_dirty`]. Meant for
-    /// one publisher: a change made while nobody waits is not lost.
-    pub async fn documents_changed(&self) {
-        self.documents.notified().await
-    }
-
-    /// Asks the service loop for a pass now, e.g. because a service's task stopped.
-    pub fn poke_services(&self) {
-        self.services.notify_one();
-    }
-
-    pub async fn services_changed(&self) {
-        self.services.notified().await
-    }
-
-    /// The instance's desired-state document: its generation, every task it is asked to
-    /// run, and every task asked to stop that it has not reported STOPPED, each with its
-    /// full task definition. `None` for no such instance.
-    pub fn desired_document(
-        &self,
-        api: &Api,
-        instance_id: &str,
-    ) -> Result<Option<DesiredState>, FleetError> {
-        let Some(parts) = api.store.document_rows(instance_id)? else {
-            return Ok(None);
-        };
-        document(api, instance_id, parts, &mut Definitions::new())
-    }
-
-    /// [`Fleet::desired_document`] of each instance, in the order asked, read in one store
-    /// snapshot; each task definition revision is parsed once for all of them (a DAEMON
-    /// service puts the same one in every document).
-    pub fn desired_documents(
-        &self,
-        api: &Api,
-        instance_ids: &[String],
-    ) -> Result<Vec<Result<Option<DesiredState>, FleetError>>, StoreError> {
-        let parts = api.store.document_rows_many(instance_ids)?;
-        let mut definitions = Definitions::new();
-        Ok(instance_ids
-            .iter()
-            .zip(parts)
-            .map(|(id, parts)| match parts {
-                Some(parts) => document(api, id, parts, &mut definitions),
-                None => Ok(None),
-            })
-            .collect())
-    }
-
-    /// Records whether the instance's agent is connected, as its presence says.
-    pub fn set_connected(
-        &self,
-        api: &Api,
-        instance_id: &str,
-        connected: bool,
-        now: f64,
-    ) -> Result<(), FleetError> {
-        self.write(&api.store, |tx| {
-            set_connected(tx, instance_id, connected, now)
-        })
-    }
-
-    /// Applies one message from the device `instance_id` (the id its certificate names),
-    /// all of it in one transaction. `now` is the hub's clock.
-    pub fn ingest(
-        &self,
-        api: &Api,
-        instance_id: &str,
-        envelope: &Envelope,
-        now: f64,
-    ) -> Result<Ingested, FleetError> {
-        let mut poke = false;
-        let out = self.write(&api.store, |tx| {
-            ingest(tx, api, instance_id, envelope, now, &mut poke)
-        })?;
-        if poke {
-            self.poke_services();
-        }
-        Ok(out)
-    }
-
-    /// Applies device messages in the order given, all in one transaction, each in a
-    /// savepoint of its own: one that fails leaves the others applied. Each message's
-    /// outcome, in order; `Err` only when the transaction itself failed, and then nothing
-    /// of the batch is kept. Presence from an instance the hub does not know is ignored.
-    pub fn ingest_batch(
-        &self,
-        api: &Api,
-        messages: &[(String, DeviceMessage)],
-        now: f64,
-    ) -> Result<Vec<Result<Ingested, FleetError>>, StoreError> {
-        let mut poke = false;
-        let out = self.write(&api.store, |tx| -> Result<_, StoreError> {
-            Ok(messages
-                .iter()
-                .map(|(instance_id, message)| {
-                    tx.attempt(|tx| match message {
-                        DeviceMessage::Up(envelope) => {
-                            ingest(tx, api, instance_id, envelope, now, &mut poke)
-                        }
-                        DeviceMessage::Presence { online } => {
-                            match set_connected(tx, instance_id, *online, now) {
-                                Ok(()) | Err(FleetError::UnknownInstance(_)) => {
-                                    Ok(Ingested::Applied {
-                                        missing: Vec::new(),
-                                    })
-                                }
-                                Err(e) => Err(e),
-                            }
-                        }
-                    })
-                })
-                .collect())
-        })?;
-        if poke {
-            self.poke_services();
-        }
-        Ok(out)
-    }
-}
-
-/// A device message as [`Fleet::ingest_batch`] takes it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum DeviceMessage {
-    /// An envelope from the device's outbox (its `up` topic).
-    Up(Box<Envelope>),
-    /// Its presence, or the last will the broker sent for it.
-    Presence { online: bool },
-}
-
-/// Parsed task definitions by (family, revision), with the ARN and revision the hub adds.
-type Definitions = HashMap<(String, i64), TaskDefinition>;
-
-fn document(
-    api: &Api,
-    instance_id: &str,
-    parts: DocumentParts,
-    definitions: &mut Definitions,
-) -> Result<Option<DesiredState>, FleetError> {
-    let mut tasks = Vec::with_capacity(parts.tasks.len());
-    for r in parts.tasks {
-        let key = (r.family, r.revision);
-        let td = match definitions.get(&key) {
-            Some(td) => td.clone(),
-            None => {
-                let mut td =
-                    TaskDefinition::parse(&r.body).map_err(|e| FleetError::BadDocument {
-                        instance: instance_id.to_string(),
-                        message: format!(
-                            "task {}: task definition {}:{}: {e}",
-                            r.task_arn, key.0, key.1
-                        ),
-                    })?;
-                td.task_definition_arn = Some(scheduler::task_definition_arn(api, &key.0, key.1));
-                td.revision = u32::try_from(key.1).ok();
-                definitions.insert(key, td.clone());
-                td
-            }
-        };
-        tasks.push(DesiredTask {
-            task_arn: r.task_arn,
-            task_definition: td,
-            desired_status: r.desired_status,
-            group: Some(r.group),
-        });
-    }
-    let doc = DesiredState {
-        generation: u64::try_from(parts.generation).unwrap_or(0),
-        tasks,
-        refused: parts.refused,
-    };
-    // The agent refuses an invalid document whole; better to say so here.
-    doc.validate().map_err(|e| FleetError::BadDocument {
-        instance: instance_id.to_string(),
-        message: e.to_string(),
-    })?;
-    Ok(Some(doc))
-}
-
-fn set_connected(
+pub(super) fn set_connected(
     tx: &mut Txn<'_>,
     instance_id: &str,
     connected: bool,
     now: f64,
-) -> Result<(), FleetError> {
+) -> Result<(), DeviceError> {
     if !tx.set_connected(instance_id, connected, now)? {
-        return Err(FleetError::UnknownInstance(instance_id.to_string()));
+        return Err(DeviceError::UnknownInstance(instance_id.to_string()));
     }
     tx.add_device_event(&DeviceEvent {
         instance_id: instance_id.to_string(),
@@ -319,17 +48,17 @@ fn set_connected(
 }
 
 /// One device message in `tx`. Sets `poke` when a service's task stopped.
-fn ingest(
+pub(super) fn ingest(
     tx: &mut Txn<'_>,
-    api: &Api,
+    arns: &Arns,
     instance_id: &str,
     envelope: &Envelope,
     now: f64,
     poke: &mut bool,
-) -> Result<Ingested, FleetError> {
+) -> Result<Ingested, DeviceError> {
     let link = tx
         .link_state(instance_id)?
-        .ok_or_else(|| FleetError::UnknownInstance(instance_id.to_string()))?;
+        .ok_or_else(|| DeviceError::UnknownInstance(instance_id.to_string()))?;
     let seq = i64::try_from(envelope.seq).unwrap_or(i64::MAX);
     if seq <= link.up_seq {
         tracing::debug!(instance = instance_id, seq, "duplicate message ignored");
@@ -340,7 +69,7 @@ fn ingest(
     let time = envelope.entry.time;
     let mut ctx = Ctx {
         tx,
-        api,
+        arns,
         link: &link,
         seq,
         time,
@@ -396,7 +125,7 @@ fn missing(high: u64, covers: &[RangeInclusive<u64>]) -> Vec<RangeInclusive<u64>
 /// One message being applied.
 struct Ctx<'a, 't, 'c> {
     tx: &'t mut Txn<'c>,
-    api: &'a Api,
+    arns: &'a Arns,
     link: &'a LinkState,
     seq: i64,
     /// The device's clock when it recorded the message.
@@ -426,7 +155,7 @@ impl Ctx<'_, '_, '_> {
         })
     }
 
-    fn apply(&mut self, message: &Message) -> Result<(), FleetError> {
+    fn apply(&mut self, message: &Message) -> Result<(), DeviceError> {
         match message {
             Message::TaskState { task } => self.report(task)?,
             Message::Event {
@@ -472,7 +201,7 @@ impl Ctx<'_, '_, '_> {
         Ok(())
     }
 
-    fn applied(&mut self, generation: u64) -> Result<(), FleetError> {
+    fn applied(&mut self, generation: u64) -> Result<(), DeviceError> {
         let g = i64::try_from(generation).unwrap_or(i64::MAX);
         self.tx.set_applied_generation(&self.link.id, g)?;
         // The device runs a generation this hub never made (the hub's state was restored
@@ -500,7 +229,7 @@ impl Ctx<'_, '_, '_> {
         Ok(())
     }
 
-    fn full_state(&mut self, generation: u64, reports: &[TaskReport]) -> Result<(), FleetError> {
+    fn full_state(&mut self, generation: u64, reports: &[TaskReport]) -> Result<(), DeviceError> {
         self.applied(generation)?;
         let g = i64::try_from(generation).unwrap_or(i64::MAX);
         for r in reports {
@@ -554,7 +283,7 @@ impl Ctx<'_, '_, '_> {
 
     /// Applies a task's report: its status, containers, times and stop reason. The hub's
     /// wish to stop a task always wins over a device's RUNNING.
-    fn report(&mut self, r: &TaskReport) -> Result<(), FleetError> {
+    fn report(&mut self, r: &TaskReport) -> Result<(), DeviceError> {
         let Some(t) = self.tx.task(&r.task_arn)? else {
             return self.unknown(r);
         };
@@ -624,7 +353,7 @@ impl Ctx<'_, '_, '_> {
     /// service scaled down, deleted, or the task stopped while the device was away) is
     /// recorded wanted STOPPED, and the device stops it. Either report, the old task's
     /// `replacedBy` or the new one's `replaces`, may come first; the second finds it done.
-    fn replacement(&mut self, before: &TaskRow, new_arn: &str) -> Result<(), FleetError> {
+    fn replacement(&mut self, before: &TaskRow, new_arn: &str) -> Result<(), DeviceError> {
         if self.tx.task(new_arn)?.is_some() {
             return Ok(());
         }
@@ -698,7 +427,7 @@ impl Ctx<'_, '_, '_> {
     /// the hub has, it is adopted as the device reports it; without one the hub cannot put
     /// it in a document, so it is recorded as wanted STOPPED and the device gets a new
     /// document, which leaves it out and so stops it.
-    fn unknown(&mut self, r: &TaskReport) -> Result<(), FleetError> {
+    fn unknown(&mut self, r: &TaskReport) -> Result<(), DeviceError> {
         if let Some(old) = r.replaces.as_deref() {
             if let Some(before) = self.tx.task(old)? {
                 if before.instance_id == self.link.id {
@@ -711,9 +440,7 @@ impl Ctx<'_, '_, '_> {
         let reference = r
             .task_definition_arn
             .as_deref()
-            .and_then(|a| a.strip_prefix(&self.api.arn("ecs", "task-definition/")))
-            .and_then(|rest| rest.rsplit_once(':'))
-            .and_then(|(f, rev)| Some((f.to_string(), rev.parse::<i64>().ok()?)));
+            .and_then(|a| self.arns.parse_task_definition(a));
         let definition = match &reference {
             Some((family, revision)) => {
                 match scheduler::load_definition(self.tx, family, Some(*revision)) {
@@ -896,13 +623,17 @@ fn merge_containers(stored: &[Value], reports: &[ContainerReport]) -> Vec<Value>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device::DeviceMessage;
+    use crate::device::{desired_document, desired_documents, ingest_batch, set_connected};
+    use crate::scheduler::service_tests::{add_service, pass};
     use crate::scheduler::tests::{
-        add_instance, add_service, hub, instance_id, pass, register, run, web, Hub,
+        add_instance, hub, instance_id, register, run, web, Hub, TestHub,
     };
     use crate::scheduler::ServiceOutcome;
     use skerry_proto::link::{Entry, EventKind, HostMetrics};
     use skerry_proto::status::{HealthStatus, NetworkBinding};
     use skerry_proto::taskdef::Protocol;
+    use std::collections::BTreeSet;
 
     fn envelope(seq: u64, message: Message) -> Envelope {
         Envelope {
@@ -957,16 +688,15 @@ mod tests {
     }
 
     fn ingest(hub: &Hub, id: &str, e: &Envelope) -> Ingested {
-        hub.fleet.ingest(&hub.api, id, e, 1000.0).expect("ingest")
+        crate::device::ingest(hub, id, e, 1000.0).expect("ingest")
     }
 
     fn task(hub: &Hub, arn: &str) -> TaskRow {
-        hub.api.store.task(arn).expect("get").expect("task exists")
+        hub.store.task(arn).expect("get").expect("task exists")
     }
 
     fn kinds(hub: &Hub, id: &str) -> Vec<String> {
-        hub.api
-            .store
+        hub.store
             .device_events(id, 100)
             .expect("events")
             .into_iter()
@@ -980,7 +710,7 @@ mod tests {
         let id = add_instance(&hub, 1, 4096, 4096);
         register(&hub, web(64));
         let arn = run(&hub, "web", 1).tasks[0].arn.clone();
-        let counts = |hub: &Hub| hub.api.store.cluster_counts("edge").expect("counts");
+        let counts = |hub: &Hub| hub.store.cluster_counts("edge").expect("counts");
         assert_eq!((counts(&hub).instances, counts(&hub).pending_tasks), (1, 1));
         let e = envelope(1, state(&arn, TaskStatus::Running));
         assert_eq!(ingest(&hub, &id, &e), Ingested::Applied { missing: vec![] });
@@ -997,7 +727,6 @@ mod tests {
         assert_eq!(t.containers[0]["memory"], "64");
         assert_eq!(t.version, 2);
         let generation = hub
-            .api
             .store
             .link_state(&id)
             .expect("link")
@@ -1011,7 +740,7 @@ mod tests {
         assert_eq!(task(&hub, &arn), t);
         assert_eq!(kinds(&hub, &id), ["taskState"]);
         // A status change does not change the document.
-        let link = hub.api.store.link_state(&id).expect("link").expect("i");
+        let link = hub.store.link_state(&id).expect("link").expect("i");
         assert_eq!((link.generation, link.up_seq), (generation, 1));
     }
 
@@ -1039,7 +768,7 @@ mod tests {
                 missing: vec![4..=6]
             }
         );
-        let events = hub.api.store.device_events(&id, 10).expect("events");
+        let events = hub.store.device_events(&id, 10).expect("events");
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].kind, "seqGap");
         assert_eq!(events[0].seq, Some(9));
@@ -1048,12 +777,7 @@ mod tests {
             "{}",
             events[0].message
         );
-        let (m, at) = hub
-            .api
-            .store
-            .instance_metrics(&id)
-            .expect("m")
-            .expect("some");
+        let (m, at) = hub.store.instance_metrics(&id).expect("m").expect("some");
         assert!(m.contains("\"memoryTotalMib\":900"), "{m}");
         assert_eq!(at, 109.0);
         // Messages within the covered ranges are replays now.
@@ -1080,7 +804,7 @@ mod tests {
             ingest(&hub, &id, &envelope(seq, m));
         }
         ingest(&hub, &id, &envelope(3, Message::Applied { generation: 0 }));
-        let events = hub.api.store.device_events(&id, 10).expect("events");
+        let events = hub.store.device_events(&id, 10).expect("events");
         let got: Vec<(Option<i64>, &str, f64)> = events
             .iter()
             .map(|e| (e.seq, e.kind.as_str(), e.time))
@@ -1101,7 +825,7 @@ mod tests {
     fn replaced_on_the_device(
         new_first: bool,
         service_status: &str,
-    ) -> (Hub, String, i64, String, String) {
+    ) -> (TestHub, String, i64, String, String) {
         let hub = hub();
         let id = add_instance(&hub, 1, 4096, 4096);
         register(&hub, web(64));
@@ -1113,13 +837,12 @@ mod tests {
             "f".repeat(32)
         );
         if service_status != "ACTIVE" {
-            hub.fleet
-                .write(&hub.api.store, |tx| -> Result<(), StoreError> {
-                    let mut s = tx.service(svc)?.expect("service");
-                    s.status = service_status.into();
-                    tx.update_service(&s)
-                })
-                .expect("status");
+            hub.write(|tx| -> Result<(), StoreError> {
+                let mut s = tx.service(svc)?.expect("service");
+                s.status = service_status.into();
+                tx.update_service(&s)
+            })
+            .expect("status");
         }
         let mut stopped = report(&old, TaskStatus::Stopped);
         stopped.desired_status = DesiredStatus::Stopped;
@@ -1170,11 +893,7 @@ mod tests {
                 ServiceOutcome::default(),
                 "the service's count is met: the hub starts no task of its own"
             );
-            let doc = hub
-                .fleet
-                .desired_document(&hub.api, &id)
-                .expect("d")
-                .expect("i");
+            let doc = desired_document(&hub, &id).expect("d").expect("i");
             let t = doc.task(&new).expect("the new task is in the document");
             assert_eq!(t.desired_status, DesiredStatus::Running);
             assert_eq!(t.group.as_deref(), Some("service:site"));
@@ -1193,11 +912,7 @@ mod tests {
                 DesiredStatus::Stopped,
                 "new first: {new_first}"
             );
-            let doc = hub
-                .fleet
-                .desired_document(&hub.api, &id)
-                .expect("d")
-                .expect("i");
+            let doc = desired_document(&hub, &id).expect("d").expect("i");
             assert_eq!(
                 doc.task(&new).map(|t| t.desired_status),
                 Some(DesiredStatus::Stopped),
@@ -1211,13 +926,7 @@ mod tests {
         let hub = hub();
         let id = add_instance(&hub, 1, 4096, 4096);
         register(&hub, web(64));
-        let before = hub
-            .api
-            .store
-            .link_state(&id)
-            .expect("l")
-            .expect("i")
-            .generation;
+        let before = hub.store.link_state(&id).expect("l").expect("i").generation;
         // With a definition the hub has: adopted, and in the document from now on.
         let known = "arn:aws:ecs:eu-west-1:123456789012:task/edge/0123456789abcdef";
         let mut r = report(known, TaskStatus::Running);
@@ -1231,11 +940,7 @@ mod tests {
         );
         assert_eq!(t.desired_status, DesiredStatus::Running);
         assert_eq!(t.memory, 64, "its reservation counts against the instance");
-        let doc = hub
-            .fleet
-            .desired_document(&hub.api, &id)
-            .expect("d")
-            .expect("i");
+        let doc = desired_document(&hub, &id).expect("d").expect("i");
         assert!(doc.task(known).is_some());
         assert_eq!(doc.generation, before as u64 + 1);
 
@@ -1249,11 +954,7 @@ mod tests {
             t.stopped_reason.as_deref(),
             Some("the hub did not ask for this task")
         );
-        let doc2 = hub
-            .fleet
-            .desired_document(&hub.api, &id)
-            .expect("d")
-            .expect("i");
+        let doc2 = desired_document(&hub, &id).expect("d").expect("i");
         assert!(doc2.task(stray).is_none());
         assert_eq!(doc2.refused, [stray], "the device is told to stop it");
         assert!(doc2.generation > doc.generation);
@@ -1287,9 +988,7 @@ mod tests {
         let id = add_instance(&hub, 1, 4096, 4096);
         register(&hub, web(64));
         let arn = run(&hub, "web", 1).tasks[0].arn.clone();
-        let g1 = hub
-            .fleet
-            .desired_document(&hub.api, &id)
+        let g1 = desired_document(&hub, &id)
             .expect("d")
             .expect("i")
             .generation;
@@ -1306,11 +1005,7 @@ mod tests {
         assert_eq!(t.stop_code.as_deref(), Some("EssentialContainerExited"));
         assert_eq!(t.containers[0]["exitCode"], 3);
         assert_eq!(t.stopped_at, Some(101.0));
-        let doc = hub
-            .fleet
-            .desired_document(&hub.api, &id)
-            .expect("d")
-            .expect("i");
+        let doc = desired_document(&hub, &id).expect("d").expect("i");
         assert!(doc.tasks.is_empty());
         assert_eq!(doc.generation, g1 + 1);
         // A late RUNNING for a STOPPED task is ignored.
@@ -1334,12 +1029,9 @@ mod tests {
         );
         assert_eq!(task(&hub, &arn).stopped_at, Some(101.0));
         // The sweep forgets what the hub changed before a cutoff (its time less an hour).
-        assert_eq!(hub.api.store.delete_stopped_tasks(999.0).expect("sweep"), 0);
-        assert_eq!(
-            hub.api.store.delete_stopped_tasks(1001.0).expect("sweep"),
-            1
-        );
-        assert!(hub.api.store.task(&arn).expect("get").is_none());
+        assert_eq!(hub.store.delete_stopped_tasks(999.0).expect("sweep"), 0);
+        assert_eq!(hub.store.delete_stopped_tasks(1001.0).expect("sweep"), 1);
+        assert!(hub.store.task(&arn).expect("get").is_none());
     }
 
     #[test]
@@ -1350,20 +1042,13 @@ mod tests {
         let placed = run(&hub, "web", 3);
         let arns: Vec<String> = placed.tasks.iter().map(|t| t.arn.clone()).collect();
         // The hub wants the second one stopped.
-        hub.fleet
-            .write(&hub.api.store, |tx| -> Result<(), StoreError> {
-                let t = tx.task(&arns[1])?.expect("task");
-                scheduler::stop_task(tx, &t, "by test", "UserInitiated", 20.0)?;
-                Ok(())
-            })
-            .expect("stop");
-        let g = hub
-            .api
-            .store
-            .link_state(&id)
-            .expect("l")
-            .expect("i")
-            .generation;
+        hub.write(|tx| -> Result<(), StoreError> {
+            let t = tx.task(&arns[1])?.expect("task");
+            scheduler::stop_task(tx, &t, "by test", "UserInitiated", 20.0)?;
+            Ok(())
+        })
+        .expect("stop");
+        let g = hub.store.link_state(&id).expect("l").expect("i").generation;
         assert_eq!(g, 4);
         // The device ran generation 3: it knows the first two, still running; the third
         // (from generation 3) it does not list, so it no longer has it.
@@ -1395,13 +1080,9 @@ mod tests {
             .stopped_reason
             .as_deref()
             .is_some_and(|r| r.contains("generation 3")));
-        let link = hub.api.store.link_state(&id).expect("l").expect("i");
+        let link = hub.store.link_state(&id).expect("l").expect("i");
         assert_eq!(link.applied_generation, 3);
-        let doc = hub
-            .fleet
-            .desired_document(&hub.api, &id)
-            .expect("d")
-            .expect("i");
+        let doc = desired_document(&hub, &id).expect("d").expect("i");
         let entries: Vec<(&str, DesiredStatus)> = doc
             .tasks
             .iter()
@@ -1428,11 +1109,7 @@ mod tests {
         ingest(&hub, &id, &envelope(2, ahead));
         // 41 to move past the device, 42 as the task asked to stop, which the device no
         // longer lists, leaves the document.
-        let doc = hub
-            .fleet
-            .desired_document(&hub.api, &id)
-            .expect("d")
-            .expect("i");
+        let doc = desired_document(&hub, &id).expect("d").expect("i");
         assert_eq!(doc.generation, 42);
         assert_eq!(doc.tasks.len(), 1);
         assert_eq!(task(&hub, &arns[1]).last_status, TaskStatus::Stopped);
@@ -1442,22 +1119,12 @@ mod tests {
     fn connection_changes_are_recorded() {
         let hub = hub();
         let id = add_instance(&hub, 1, 4096, 4096);
-        hub.fleet
-            .set_connected(&hub.api, &id, false, 5.0)
-            .expect("set");
-        let i = hub
-            .api
-            .store
-            .container_instance(&id)
-            .expect("get")
-            .expect("i");
+        set_connected(&hub, &id, false, 5.0).expect("set");
+        let i = hub.store.container_instance(&id).expect("get").expect("i");
         assert!(!i.agent_connected);
         assert_eq!(i.last_seen_at, Some(5.0));
         assert_eq!(kinds(&hub, &id), ["disconnected"]);
-        let err = hub
-            .fleet
-            .set_connected(&hub.api, "mi-00000000000000099", true, 5.0)
-            .expect_err("unknown");
+        let err = set_connected(&hub, "mi-00000000000000099", true, 5.0).expect_err("unknown");
         assert!(err.to_string().contains("mi-00000000000000099"), "{err}");
     }
 
@@ -1474,13 +1141,13 @@ mod tests {
             .block_on(async {
                 tokio::time::timeout(
                     std::time::Duration::from_secs(5),
-                    hub.fleet.documents_changed(),
+                    hub.changes.documents_changed(),
                 )
                 .await
             });
         assert!(waited.is_ok(), "a change made before waiting still wakes");
-        assert_eq!(hub.fleet.take_dirty(), vec![id]);
-        assert!(hub.fleet.take_dirty().is_empty());
+        assert_eq!(hub.changes.take_dirty(), vec![id]);
+        assert!(hub.changes.take_dirty().is_empty());
     }
 
     #[test]
@@ -1511,10 +1178,7 @@ mod tests {
                 DeviceMessage::Up(Box::new(envelope(4, applied(0)))),
             ),
         ];
-        let out = hub
-            .fleet
-            .ingest_batch(&hub.api, &batch, 1000.0)
-            .expect("batch");
+        let out = ingest_batch(&hub, &batch, 1000.0).expect("batch");
         assert_eq!(out.len(), batch.len());
         assert_eq!(
             out[0].as_ref().expect("a"),
@@ -1523,7 +1187,7 @@ mod tests {
             }
         );
         assert!(
-            matches!(&out[1], Err(FleetError::UnknownInstance(i)) if *i == unknown),
+            matches!(&out[1], Err(DeviceError::UnknownInstance(i)) if *i == unknown),
             "{:?}",
             out[1]
         );
@@ -1536,12 +1200,11 @@ mod tests {
                 missing: vec![1..=3]
             }
         );
-        let link = |id: &str| hub.api.store.link_state(id).expect("l").expect("i");
+        let link = |id: &str| hub.store.link_state(id).expect("l").expect("i");
         assert_eq!(link(&a).up_seq, 1);
         assert_eq!(link(&b).up_seq, 4);
         assert!(
-            hub.api
-                .store
+            hub.store
                 .container_instance(&b)
                 .expect("get")
                 .expect("b")
@@ -1550,10 +1213,7 @@ mod tests {
         assert_eq!(kinds(&hub, &a), ["applied"]);
         assert_eq!(kinds(&hub, &b), ["connected", "seqGap", "applied"]);
         // Committed: a replay of the whole batch changes nothing.
-        let again = hub
-            .fleet
-            .ingest_batch(&hub.api, &batch[..1], 1001.0)
-            .expect("replay");
+        let again = ingest_batch(&hub, &batch[..1], 1001.0).expect("replay");
         assert_eq!(again[0].as_ref().expect("a"), &Ingested::Duplicate);
     }
 
@@ -1575,30 +1235,21 @@ mod tests {
             b.clone(),
             instance_id(3),
         ];
-        let together = hub
-            .fleet
-            .desired_documents(&hub.api, &ids)
-            .expect("documents");
+        let together = desired_documents(&hub, &ids).expect("documents");
         assert_eq!(together.len(), ids.len());
         for (id, doc) in ids.iter().zip(together) {
-            let alone = hub.fleet.desired_document(&hub.api, id).expect("alone");
+            let alone = desired_document(&hub, id).expect("alone");
             let doc = doc.expect("together");
             assert_eq!(doc, alone, "{id}");
         }
-        let doc = hub
-            .fleet
-            .desired_document(&hub.api, &a)
-            .expect("d")
-            .expect("a");
+        let doc = desired_document(&hub, &a).expect("d").expect("a");
         let revisions: BTreeSet<Option<u32>> = doc
             .tasks
             .iter()
             .map(|t| t.task_definition.revision)
             .collect();
         assert!(!doc.tasks.is_empty());
-        assert!(hub
-            .fleet
-            .desired_document(&hub.api, "mi-00000000000000099")
+        assert!(desired_document(&hub, "mi-00000000000000099")
             .expect("none")
             .is_none());
         assert!(revisions.iter().all(Option::is_some), "{revisions:?}");
@@ -1612,5 +1263,103 @@ mod tests {
         assert_eq!(missing(4, &[5..=6, 9..=9]), vec![7..=8]);
         // Coverage reaching below the high-water mark is not a gap.
         assert_eq!(missing(6, &[3..=7, 9..=10]), vec![8..=8]);
+    }
+
+    // The scheduler's changes as the documents show them.
+
+    #[test]
+    fn run_tasks_spreads_and_reports_what_did_not_fit() {
+        let hub = hub();
+        let a = add_instance(&hub, 1, 1024, 512);
+        let b = add_instance(&hub, 2, 1024, 256);
+        register(&hub, web(200));
+        let placed = run(&hub, "web", 3);
+        let on: Vec<&str> = placed
+            .tasks
+            .iter()
+            .map(|t| t.instance_id.as_str())
+            .collect();
+        assert_eq!(on, [a.as_str(), b.as_str(), a.as_str()]);
+        assert!(placed.failures.is_empty());
+        // a has 112 MiB left, b 56: nothing fits 200.
+        let more = run(&hub, "web", 1);
+        assert!(more.tasks.is_empty());
+        assert_eq!(more.failures[0].shortage.reason(), "RESOURCE:MEMORY");
+        assert!(more.failures[0].arn.ends_with(&format!("{:032x}", 1)));
+        // Each placement bumped its instance's generation once.
+        let doc = desired_document(&hub, &a).expect("doc").expect("instance");
+        assert_eq!(doc.generation, 2);
+        assert_eq!(doc.tasks.len(), 2);
+        assert!(doc
+            .tasks
+            .iter()
+            .all(|t| t.desired_status == DesiredStatus::Running));
+        assert_eq!(
+            doc.tasks[0].task_definition.task_definition_arn.as_deref(),
+            Some("arn:aws:ecs:eu-west-1:123456789012:task-definition/web:1")
+        );
+        assert_eq!(hub.changes.take_dirty(), vec![a, b]);
+    }
+
+    #[test]
+    fn services_keep_their_count_and_say_so() {
+        let hub = hub();
+        add_instance(&hub, 1, 4096, 4096);
+        add_instance(&hub, 2, 4096, 4096);
+        register(&hub, web(64));
+        let id = add_service(&hub, "site", 3, "REPLICA");
+        let first = pass(&hub, id, 2.0);
+        assert_eq!(first.started.len(), 3);
+        let loads = hub.store.instance_loads("edge", None).expect("loads");
+        assert_eq!(
+            loads.iter().map(|l| l.group_tasks).collect::<Vec<_>>(),
+            [0, 0],
+            "group counted only when asked"
+        );
+        let per: Vec<i64> = loads.iter().map(|l| l.pending).collect();
+        assert_eq!(per, [2, 1]);
+        // Nothing to do: no change, no new start event.
+        assert_eq!(pass(&hub, id, 3.0), ServiceOutcome::default());
+        let events = hub.store.service_events(id, 10).expect("events");
+        assert_eq!(events.len(), 1);
+        assert!(events[0]
+            .message
+            .starts_with("(service site) has started 3 tasks:"));
+        // Scale to 1: the two newest stop.
+        hub.write(|tx| -> Result<(), StoreError> {
+            let mut s = tx.service(id)?.expect("service");
+            s.desired_count = 1;
+            tx.update_service(&s)
+        })
+        .expect("scale");
+        let down = pass(&hub, id, 4.0);
+        assert_eq!(
+            down.stopped,
+            vec![first.started[2].clone(), first.started[1].clone()]
+        );
+        let kept = hub
+            .store
+            .task(&first.started[0])
+            .expect("get")
+            .expect("task");
+        assert!(kept.is_live());
+        let stopped = hub
+            .store
+            .task(&first.started[1])
+            .expect("get")
+            .expect("task");
+        assert_eq!(stopped.desired_status, DesiredStatus::Stopped);
+        assert_eq!(
+            stopped.stop_code.as_deref(),
+            Some("ServiceSchedulerInitiated")
+        );
+        // Stopped but not yet reported so: still in its instance's document, as STOPPED.
+        let doc = desired_document(&hub, &stopped.instance_id)
+            .expect("doc")
+            .expect("instance");
+        assert_eq!(
+            doc.task(&stopped.arn).map(|t| t.desired_status),
+            Some(DesiredStatus::Stopped)
+        );
     }
 }

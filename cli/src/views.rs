@@ -1,4 +1,4 @@
-//! Fleet views: `skerry instances`, `skerry tasks`, `skerry services`. Each lists through the
+//! The fleet views: `skerry instances`, `skerry tasks`, `skerry services`. Each lists through the
 //! ECS API (List* then Describe* in pages of 100, as ECS limits them) and renders a table.
 
 use anyhow::Context;

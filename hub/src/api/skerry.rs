@@ -7,20 +7,14 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use skerry_proto::registration::is_instance_id;
 
-use crate::api::{self, Api, ApiError};
+use crate::api::{self, ApiError};
+use crate::state::Hub;
 
 const MAX_PAGE: usize = 1000;
 
-pub fn call(api: &Api, operation: &str, body: &[u8]) -> Result<Value, ApiError> {
-    match operation {
-        "ListEvents" => list_events(api, api::input(body)?),
-        _ => Err(api::unknown_operation(operation)),
-    }
-}
-
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct ListEventsInput {
+pub(crate) struct ListEventsInput {
     instance_id: Option<String>,
     next_token: Option<String>,
     max_results: Option<i64>,
@@ -30,7 +24,7 @@ fn invalid(message: String) -> ApiError {
     ApiError::bad_request("InvalidParameterException", message)
 }
 
-fn list_events(api: &Api, input: ListEventsInput) -> Result<Value, ApiError> {
+pub(crate) fn list_events(hub: &Hub, input: ListEventsInput) -> Result<Value, ApiError> {
     let limit = api::page_size(
         input.max_results,
         MAX_PAGE,
@@ -44,7 +38,7 @@ fn list_events(api: &Api, input: ListEventsInput) -> Result<Value, ApiError> {
                  `skerry instances` lists them"
             )));
         }
-        let known = api
+        let known = hub
             .store
             .container_instance(id)
             .map_err(|e| api::internal("ServerException", e))?;
@@ -56,7 +50,7 @@ fn list_events(api: &Api, input: ListEventsInput) -> Result<Value, ApiError> {
         }
     }
     let after = api::decode_id_token(input.next_token.as_deref())?.unwrap_or(0);
-    let rows = api
+    let rows = hub
         .store
         .device_events_after(input.instance_id.as_deref(), after, limit)
         .map_err(|e| api::internal("ServerException", e))?;

@@ -6,16 +6,16 @@
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::api::{self, Api, ApiError};
-use crate::ecs_tasks::{
-    active_definition, check_launch_type, check_placement_strategy, cluster_arn, invalid,
-    parse_task_definition, refuse_set, resolve_cluster, server, tags_value, valid_name, OpError,
+use super::{
+    active_definition, check_launch_type, check_placement_strategy, describe_list, invalid,
+    list_answer, max_results, page, parse_task_definition, refuse_set, resolve_cluster, server,
+    tags_value, valid_name, OpError,
 };
-use crate::fleet::Fleet;
-use crate::scheduler::{self, new_deployment_id, task_definition_arn};
+use crate::api::{self, ApiError};
+use crate::scheduler::{self, new_deployment_id};
+use crate::state::Hub;
 use crate::store::{ServiceRow, StoreError};
 
-const MAX_PAGE: usize = 100;
 /// ECS's default page size for ListServices.
 const DEFAULT_PAGE: usize = 10;
 /// ECS describes at most 10 services per call.
@@ -24,23 +24,6 @@ const MAX_DESCRIBE: usize = 10;
 const EVENTS_SHOWN: usize = 100;
 /// ECS caps a service's desired count.
 const MAX_DESIRED: i64 = 5000;
-
-pub fn call(
-    api: &Api,
-    fleet: &Fleet,
-    operation: &str,
-    body: &[u8],
-    now: f64,
-) -> Option<Result<Value, ApiError>> {
-    Some(match operation {
-        "CreateService" => api::input(body).and_then(|i| create_service(api, fleet, i, now)),
-        "UpdateService" => api::input(body).and_then(|i| update_service(api, fleet, i, now)),
-        "DeleteService" => api::input(body).and_then(|i| delete_service(api, fleet, i, now)),
-        "DescribeServices" => api::input(body).and_then(|i| describe_services(api, i)),
-        "ListServices" => api::input(body).and_then(|i| list_services(api, i)),
-        _ => return None,
-    })
-}
 
 fn not_found(cluster: &str, name: &str) -> ApiError {
     ApiError::bad_request(
@@ -59,14 +42,10 @@ fn not_active(s: &ServiceRow) -> ApiError {
     )
 }
 
-pub(crate) fn service_arn(api: &Api, cluster: &str, name: &str) -> String {
-    api.arn("ecs", &format!("service/{cluster}/{name}"))
-}
-
 /// The service name a `service` parameter (name or ARN) gives, for `cluster`.
-fn service_name<'a>(api: &Api, cluster: &str, id: &'a str) -> Option<&'a str> {
+fn service_name<'a>(hub: &Hub, cluster: &str, id: &'a str) -> Option<&'a str> {
     let name = if id.starts_with("arn:") {
-        let rest = id.strip_prefix(&api.arn("ecs", "service/"))?;
+        let rest = hub.arns.service_reference(id)?;
         // Both ARN formats: service/CLUSTER/NAME and the old service/NAME.
         match rest.split_once('/') {
             Some((c, name)) if c == cluster => name,
@@ -137,11 +116,11 @@ fn check_desired_count(n: i64) -> Result<(), ApiError> {
 }
 
 /// A service as DescribeServices shows it.
-fn service_json(api: &Api, s: &ServiceRow, with_tags: bool) -> Result<Value, StoreError> {
-    let counts = api.store.service_deployment_counts(s)?;
+fn service_json(hub: &Hub, s: &ServiceRow, with_tags: bool) -> Result<Value, StoreError> {
+    let counts = hub.store.service_deployment_counts(s)?;
     let daemon = s.scheduling_strategy == "DAEMON";
     let desired = if daemon && s.status == "ACTIVE" {
-        api.store
+        hub.store
             .instance_loads(&s.cluster, None)?
             .iter()
             .filter(|l| l.status == "ACTIVE")
@@ -151,7 +130,7 @@ fn service_json(api: &Api, s: &ServiceRow, with_tags: bool) -> Result<Value, Sto
     };
     let running: i64 = counts.iter().map(|d| d.running).sum();
     let pending: i64 = counts.iter().map(|d| d.pending).sum();
-    let td_arn = task_definition_arn(api, &s.family, s.revision);
+    let td_arn = hub.arns.task_definition(&s.family, s.revision);
     let deployments: Vec<Value> = counts
         .iter()
         .map(|d| {
@@ -175,16 +154,16 @@ fn service_json(api: &Api, s: &ServiceRow, with_tags: bool) -> Result<Value, Sto
             v
         })
         .collect();
-    let events: Vec<Value> = api
+    let events: Vec<Value> = hub
         .store
         .service_events(s.id, EVENTS_SHOWN)?
         .into_iter()
         .map(|e| json!({"id": e.id.to_string(), "createdAt": e.created_at, "message": e.message}))
         .collect();
     let mut v = json!({
-        "serviceArn": service_arn(api, &s.cluster, &s.name),
+        "serviceArn": hub.arns.service(&s.cluster, &s.name),
         "serviceName": s.name,
-        "clusterArn": cluster_arn(api, &s.cluster),
+        "clusterArn": hub.arns.cluster(&s.cluster),
         "loadBalancers": [],
         "serviceRegistries": [],
         "status": s.status,
@@ -385,7 +364,7 @@ fn split_input<T: serde::de::DeserializeOwned>(
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct CreateServiceInput {
+pub(crate) struct CreateServiceInput {
     cluster: Option<String>,
     service_name: Option<String>,
     task_definition: Option<String>,
@@ -409,10 +388,10 @@ const CREATE_FIELDS: &[&str] = &[
     "clientToken",
 ];
 
-fn create_service(api: &Api, fleet: &Fleet, body: Value, now: f64) -> Result<Value, ApiError> {
+pub(crate) fn create_service(hub: &Hub, body: Value, now: f64) -> Result<Value, ApiError> {
     let (input, unsupported): (CreateServiceInput, _) = split_input(body, CREATE_FIELDS)?;
     refuse_unsupported(&unsupported)?;
-    let cluster = resolve_cluster(api, input.cluster.as_deref())?;
+    let cluster = resolve_cluster(hub, input.cluster.as_deref())?;
     let name = input
         .service_name
         .ok_or_else(|| invalid("serviceName is required"))?;
@@ -424,7 +403,7 @@ fn create_service(api: &Api, fleet: &Fleet, body: Value, now: f64) -> Result<Val
     let reference = input
         .task_definition
         .ok_or_else(|| invalid("taskDefinition is required"))?;
-    let (family, revision) = parse_task_definition(api, &reference)?;
+    let (family, revision) = parse_task_definition(hub, &reference)?;
     check_launch_type(input.launch_type.as_deref())?;
     let strategy = input
         .scheduling_strategy
@@ -467,8 +446,8 @@ fn create_service(api: &Api, fleet: &Fleet, body: Value, now: f64) -> Result<Val
         return Err(invalid("clientToken must be 1 to 36 characters"));
     }
     let tags = tags_value(input.tags)?;
-    let service = fleet
-        .write(&api.store, |tx| -> Result<ServiceRow, OpError> {
+    let service = hub
+        .write(|tx| -> Result<ServiceRow, OpError> {
             let (stored, _) = active_definition(tx, &family, revision)?;
             if let Some(existing) = tx.service_by_name(&cluster, &name)? {
                 match existing.status.as_str() {
@@ -516,11 +495,11 @@ fn create_service(api: &Api, fleet: &Fleet, body: Value, now: f64) -> Result<Val
                 updated_at: now,
             };
             tx.insert_service(&mut s)?;
-            scheduler::reconcile_service(tx, api, s.id, now)?;
+            scheduler::reconcile_service(tx, &hub.arns, s.id, now)?;
             Ok(s)
         })
         .map_err(OpError::into_api)?;
-    let v = service_json(api, &service, true).map_err(server)?;
+    let v = service_json(hub, &service, true).map_err(server)?;
     Ok(json!({ "service": v }))
 }
 
@@ -528,7 +507,7 @@ fn create_service(api: &Api, fleet: &Fleet, body: Value, now: f64) -> Result<Val
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct UpdateServiceInput {
+pub(crate) struct UpdateServiceInput {
     cluster: Option<String>,
     service: Option<String>,
     desired_count: Option<i64>,
@@ -546,25 +525,25 @@ const UPDATE_FIELDS: &[&str] = &[
     "forceNewDeployment",
 ];
 
-fn update_service(api: &Api, fleet: &Fleet, body: Value, now: f64) -> Result<Value, ApiError> {
+pub(crate) fn update_service(hub: &Hub, body: Value, now: f64) -> Result<Value, ApiError> {
     let (input, unsupported): (UpdateServiceInput, _) = split_input(body, UPDATE_FIELDS)?;
     refuse_unsupported(&unsupported)?;
-    let cluster = resolve_cluster(api, input.cluster.as_deref())?;
+    let cluster = resolve_cluster(hub, input.cluster.as_deref())?;
     let id = input
         .service
         .ok_or_else(|| invalid("service is required"))?;
-    let name = service_name(api, &cluster, &id)
+    let name = service_name(hub, &cluster, &id)
         .ok_or_else(|| not_found(&cluster, &id))?
         .to_string();
     if let Some(n) = input.desired_count {
         check_desired_count(n)?;
     }
     let reference = match &input.task_definition {
-        Some(r) => Some(parse_task_definition(api, r)?),
+        Some(r) => Some(parse_task_definition(hub, r)?),
         None => None,
     };
-    let service = fleet
-        .write(&api.store, |tx| -> Result<ServiceRow, OpError> {
+    let service = hub
+        .write(|tx| -> Result<ServiceRow, OpError> {
             let mut s = tx
                 .service_by_name(&cluster, &name)?
                 .ok_or_else(|| not_found(&cluster, &name))?;
@@ -603,11 +582,11 @@ fn update_service(api: &Api, fleet: &Fleet, body: Value, now: f64) -> Result<Val
             }
             s.updated_at = now;
             tx.update_service(&s)?;
-            scheduler::reconcile_service(tx, api, s.id, now)?;
+            scheduler::reconcile_service(tx, &hub.arns, s.id, now)?;
             Ok(s)
         })
         .map_err(OpError::into_api)?;
-    let v = service_json(api, &service, false).map_err(server)?;
+    let v = service_json(hub, &service, false).map_err(server)?;
     Ok(json!({ "service": v }))
 }
 
@@ -615,28 +594,27 @@ fn update_service(api: &Api, fleet: &Fleet, body: Value, now: f64) -> Result<Val
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct DeleteServiceInput {
+pub(crate) struct DeleteServiceInput {
     cluster: Option<String>,
     service: Option<String>,
     force: Option<bool>,
 }
 
-fn delete_service(
-    api: &Api,
-    fleet: &Fleet,
+pub(crate) fn delete_service(
+    hub: &Hub,
     input: DeleteServiceInput,
     now: f64,
 ) -> Result<Value, ApiError> {
-    let cluster = resolve_cluster(api, input.cluster.as_deref())?;
+    let cluster = resolve_cluster(hub, input.cluster.as_deref())?;
     let id = input
         .service
         .ok_or_else(|| invalid("service is required"))?;
-    let name = service_name(api, &cluster, &id)
+    let name = service_name(hub, &cluster, &id)
         .ok_or_else(|| not_found(&cluster, &id))?
         .to_string();
     let force = input.force.unwrap_or(false);
-    let service = fleet
-        .write(&api.store, |tx| -> Result<ServiceRow, OpError> {
+    let service = hub
+        .write(|tx| -> Result<ServiceRow, OpError> {
             let mut s = tx
                 .service_by_name(&cluster, &name)?
                 .ok_or_else(|| not_found(&cluster, &name))?;
@@ -657,11 +635,11 @@ fn delete_service(
             s.status = "DRAINING".into();
             s.updated_at = now;
             tx.update_service(&s)?;
-            scheduler::reconcile_service(tx, api, s.id, now)?;
+            scheduler::reconcile_service(tx, &hub.arns, s.id, now)?;
             Ok(tx.service(s.id)?.unwrap_or(s))
         })
         .map_err(OpError::into_api)?;
-    let v = service_json(api, &service, false).map_err(server)?;
+    let v = service_json(hub, &service, false).map_err(server)?;
     Ok(json!({ "service": v }))
 }
 
@@ -669,36 +647,32 @@ fn delete_service(
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct DescribeServicesInput {
+pub(crate) struct DescribeServicesInput {
     cluster: Option<String>,
     services: Option<Vec<String>>,
     include: Option<Vec<String>>,
 }
 
-fn describe_services(api: &Api, input: DescribeServicesInput) -> Result<Value, ApiError> {
-    let cluster = resolve_cluster(api, input.cluster.as_deref())?;
-    let ids = input
-        .services
-        .ok_or_else(|| invalid("services is required"))?;
-    if ids.is_empty() || ids.len() > MAX_DESCRIBE {
-        return Err(invalid(format!(
-            "services must name 1 to {MAX_DESCRIBE} services"
-        )));
-    }
+pub(crate) fn describe_services(
+    hub: &Hub,
+    input: DescribeServicesInput,
+) -> Result<Value, ApiError> {
+    let cluster = resolve_cluster(hub, input.cluster.as_deref())?;
+    let ids = describe_list(input.services, "services", MAX_DESCRIBE, "services")?;
     let with_tags = input.include.iter().flatten().any(|i| i == "TAGS");
     let (mut services, mut failures) = (Vec::new(), Vec::new());
     for id in &ids {
-        let found = match service_name(api, &cluster, id) {
-            Some(name) => api.store.service_by_name(&cluster, name).map_err(server)?,
+        let found = match service_name(hub, &cluster, id) {
+            Some(name) => hub.store.service_by_name(&cluster, name).map_err(server)?,
             None => None,
         };
         match found {
-            Some(s) => services.push(service_json(api, &s, with_tags).map_err(server)?),
+            Some(s) => services.push(service_json(hub, &s, with_tags).map_err(server)?),
             None => {
                 let arn = if id.starts_with("arn:") {
                     id.clone()
                 } else {
-                    service_arn(api, &cluster, id)
+                    hub.arns.service(&cluster, id)
                 };
                 failures.push(json!({ "arn": arn, "reason": "MISSING" }));
             }
@@ -711,7 +685,7 @@ fn describe_services(api: &Api, input: DescribeServicesInput) -> Result<Value, A
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct ListServicesInput {
+pub(crate) struct ListServicesInput {
     cluster: Option<String>,
     next_token: Option<String>,
     max_results: Option<i64>,
@@ -720,11 +694,11 @@ struct ListServicesInput {
     resource_management_type: Option<String>,
 }
 
-fn list_services(api: &Api, input: ListServicesInput) -> Result<Value, ApiError> {
-    let cluster = resolve_cluster(api, input.cluster.as_deref())?;
+pub(crate) fn list_services(hub: &Hub, input: ListServicesInput) -> Result<Value, ApiError> {
+    let cluster = resolve_cluster(hub, input.cluster.as_deref())?;
     let limit = match input.max_results {
         None => DEFAULT_PAGE,
-        n => api::page_size(n, MAX_PAGE, "maxResults", "InvalidParameterException")?,
+        n => max_results(n)?,
     };
     if let Some(s) = input.scheduling_strategy.as_deref() {
         if !matches!(s, "REPLICA" | "DAEMON") {
@@ -740,8 +714,8 @@ fn list_services(api: &Api, input: ListServicesInput) -> Result<Value, ApiError>
             input.resource_management_type.as_deref(),
             None | Some("CUSTOMER")
         );
-    let rows = if matches {
-        api.store
+    let mut rows = if matches {
+        hub.store
             .list_services(
                 &cluster,
                 input.scheduling_strategy.as_deref(),
@@ -752,19 +726,12 @@ fn list_services(api: &Api, input: ListServicesInput) -> Result<Value, ApiError>
     } else {
         Vec::new()
     };
-    let more = rows.len() > limit;
-    let rows = &rows[..rows.len().min(limit)];
-    let arns: Vec<String> = rows
+    let next = page(&mut rows, limit, |s| s.id.to_string());
+    let arns = rows
         .iter()
-        .map(|s| service_arn(api, &s.cluster, &s.name))
+        .map(|s| hub.arns.service(&s.cluster, &s.name))
         .collect();
-    let mut out = json!({ "serviceArns": arns });
-    if more {
-        if let Some(s) = rows.last() {
-            out["nextToken"] = api::encode_token(&s.id.to_string()).into();
-        }
-    }
-    Ok(out)
+    Ok(list_answer("serviceArns", arns, next))
 }
 
 #[cfg(test)]

@@ -1,0 +1,31 @@
+//! What every part of the hub works over: the store, the ARNs it names things with, and the
+//! changes the publisher and the service loop wait on. One [`Hub`] is shared (behind an
+//! `Arc`) by the API, the registration listener, the link and the service loop.
+
+use crate::arn::Arns;
+use crate::changes::Changes;
+use crate::store::{Store, StoreError, Txn};
+
+pub struct Hub {
+    pub store: Store,
+    pub arns: Arns,
+    pub changes: Changes,
+}
+
+impl Hub {
+    pub fn new(store: Store, arns: Arns) -> Hub {
+        Hub {
+            store,
+            arns,
+            changes: Changes::new(),
+        }
+    }
+
+    /// [`Changes::write`] on this hub's store.
+    pub fn write<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&mut Txn<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.changes.write(&self.store, f)
+    }
+}
