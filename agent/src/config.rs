@@ -25,6 +25,14 @@ pub const DEFAULT_METRICS_INTERVAL_SECS: u64 = 60;
 /// Bound on the outbox's files: messages kept for the hub while the link is down.
 pub const DEFAULT_OUTBOX_MAX_BYTES: u64 = 64 << 20;
 pub const MIN_OUTBOX_MAX_BYTES: u64 = 1 << 20;
+/// The most processes and threads one container may hold at once (its cgroup's
+/// `pids.max`): plenty for a service, far below the device's own `pid_max` (32768 on a
+/// Raspberry Pi), so a fork bomb stops inside its container.
+pub const DEFAULT_CONTAINER_PIDS_MAX: i64 = 1024;
+/// Below this a container's init, shell and a few helpers would not fit.
+pub const MIN_CONTAINER_PIDS_MAX: i64 = 16;
+/// The kernel's own ceiling on process ids (`PID_MAX_LIMIT` on 64-bit).
+pub const MAX_CONTAINER_PIDS_MAX: i64 = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -65,6 +73,14 @@ struct RawConfig {
     link: RawLink,
     #[serde(default)]
     outbox: RawOutbox,
+    #[serde(default)]
+    containers: RawContainers,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawContainers {
+    pids_max: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -152,6 +168,8 @@ pub struct Config {
     pub log_max_files: u32,
     pub metrics_interval: std::time::Duration,
     pub outbox_max_bytes: u64,
+    /// `pids.max` of every container of every task.
+    pub container_pids_max: i64,
 }
 
 impl Config {
@@ -247,6 +265,19 @@ impl Config {
                 format!("{outbox_max_bytes} is below the minimum of {MIN_OUTBOX_MAX_BYTES}"),
             ));
         }
+        let container_pids_max = raw
+            .containers
+            .pids_max
+            .unwrap_or(DEFAULT_CONTAINER_PIDS_MAX);
+        if !(MIN_CONTAINER_PIDS_MAX..=MAX_CONTAINER_PIDS_MAX).contains(&container_pids_max) {
+            return Err(invalid(
+                "containers.pids_max",
+                format!(
+                    "{container_pids_max} is not in \
+                     {MIN_CONTAINER_PIDS_MAX}..={MAX_CONTAINER_PIDS_MAX} processes"
+                ),
+            ));
+        }
         let platform = match &raw.images.platform {
             None => None,
             Some(p) => Some(p.parse::<Platform>().map_err(|e| {
@@ -317,6 +348,7 @@ impl Config {
             log_max_files,
             metrics_interval: std::time::Duration::from_secs(metrics_interval_secs),
             outbox_max_bytes,
+            container_pids_max,
             data_dir,
         })
     }
@@ -380,6 +412,7 @@ mod tests {
             PathBuf::from("/var/lib/skerry/agent.sock")
         );
         assert_eq!(c.bridge, "skerry0");
+        assert_eq!(c.container_pids_max, DEFAULT_CONTAINER_PIDS_MAX);
     }
 
     #[test]
@@ -406,11 +439,14 @@ mod tests {
             metrics_interval_secs = 5
             [outbox]
             max_bytes = 8388608
+            [containers]
+            pids_max = 256
             "#,
         )
         .expect("valid");
         assert_eq!(c.metrics_interval, std::time::Duration::from_secs(5));
         assert_eq!(c.outbox_max_bytes, 8 << 20);
+        assert_eq!(c.container_pids_max, 256);
         assert_eq!(c.outbox_dir(), PathBuf::from("/data/skerry/outbox"));
         assert_eq!(c.namespace, "edge");
         assert_eq!(c.log_format, LogFormat::Json);
@@ -465,6 +501,9 @@ mod tests {
                 "link.metrics_interval_secs",
             ),
             ("[outbox]\nmax_bytes = 4096", "outbox.max_bytes"),
+            ("[containers]\npids_max = 15", "containers.pids_max"),
+            ("[containers]\npids_max = -1", "containers.pids_max"),
+            ("[containers]\npids_max = 4194305", "containers.pids_max"),
         ] {
             let e = parse(text).expect_err(text).to_string();
             assert!(e.contains(key), "{text}: {e}");

@@ -8,7 +8,8 @@
 //! - `runtime`: the containerd connection and container/process calls, behind the
 //!   `Runtime` trait the supervisor calls (a fake one in its unit tests).
 //! - `image`: client-side registry pulls and OCI archive imports into containerd.
-//! - `spec`: the OCI runtime spec for one container of a task definition.
+//! - `spec`: the OCI runtime spec for one container of a task definition, and the default
+//!   seccomp profile of non-privileged containers.
 //! - `network`: network namespaces and the CNI plugin chain (bridge, portmap, loopback).
 //! - `logs`: the shim's log driver (rotated files) and reading them back.
 //! - `init`: the PID 1 for `initProcessEnabled` containers (this same binary).

@@ -1,6 +1,12 @@
 //! The OCI runtime spec for one container of a task, with Docker's and ECS's semantics on
 //! top of containerd's defaults. Pure: everything comes in through [`SpecInput`]; the only
 //! I/O is a `stat` of each device's host path to learn its type and numbers.
+//!
+//! Every non-privileged container gets the default seccomp profile of [`seccomp`]; every
+//! container gets a `pids` limit, so one task's fork bomb cannot use up the device's
+//! processes.
+
+mod seccomp;
 
 use std::collections::{BTreeSet, HashMap};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -10,7 +16,7 @@ use std::str::FromStr;
 use oci_spec::image::ImageConfiguration;
 use oci_spec::runtime::{
     Capabilities, Capability, LinuxBuilder, LinuxCapabilities, LinuxCpu, LinuxDevice,
-    LinuxDeviceCgroup, LinuxDeviceType, LinuxMemory, LinuxNamespace, LinuxNamespaceType,
+    LinuxDeviceCgroup, LinuxDeviceType, LinuxMemory, LinuxNamespace, LinuxNamespaceType, LinuxPids,
     LinuxResources, Mount, PosixRlimit, PosixRlimitBuilder, PosixRlimitType, Process, Root, Spec,
     User,
 };
@@ -138,6 +144,9 @@ pub struct SpecInput<'a> {
     pub group: Option<&'a str>,
     /// A static init binary, mounted read-only at [`INIT_PATH`] for `initProcessEnabled`.
     pub init: Option<PathBuf>,
+    /// The most processes and threads the container may hold at once (its cgroup's
+    /// `pids.max`).
+    pub pids_max: i64,
 }
 
 /// Contents for the container's `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname`.
@@ -598,7 +607,11 @@ fn devices(
     Ok((nodes, rules))
 }
 
-fn resources(cd: &ContainerDefinition, device_rules: Vec<LinuxDeviceCgroup>) -> LinuxResources {
+fn resources(
+    cd: &ContainerDefinition,
+    device_rules: Vec<LinuxDeviceCgroup>,
+    pids_max: i64,
+) -> LinuxResources {
     let mut rules = Vec::new();
     let mut base = LinuxDeviceCgroup::default();
     base.set_access(Some("rwm".to_string()));
@@ -613,6 +626,9 @@ fn resources(cd: &ContainerDefinition, device_rules: Vec<LinuxDeviceCgroup>) -> 
     }
     let mut r = LinuxResources::default();
     r.set_devices(Some(rules));
+    let mut pids = LinuxPids::default();
+    pids.set_limit(pids_max);
+    r.set_pids(Some(pids));
     if cd.memory.is_some() || cd.memory_reservation.is_some() {
         let mib = |m: u64| i64::try_from(m.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX);
         let mut mem = LinuxMemory::default();
@@ -716,6 +732,8 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
     };
 
     let caps = capability_set(cd)?;
+    // Privileged means no filter at all, as with Docker's --privileged.
+    let seccomp = (!cd.is_privileged()).then(|| seccomp::profile(std::env::consts::ARCH, &caps));
     let mut capabilities = LinuxCapabilities::default();
     capabilities.set_bounding(Some(caps.clone()));
     capabilities.set_effective(Some(caps.clone()));
@@ -756,9 +774,9 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
 
     let (device_nodes, device_rules) = devices(cd)?;
     let privileged = cd.is_privileged();
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default()
         .cgroups_path(PathBuf::from(&input.cgroups_path))
-        .resources(resources(cd, device_rules))
+        .resources(resources(cd, device_rules, input.pids_max))
         .namespaces(namespaces(input))
         .devices(device_nodes)
         .masked_paths(if privileged {
@@ -773,6 +791,7 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
         })
         .build()
         .map_err(build_err)?;
+    linux.set_seccomp(seccomp);
 
     let mut spec = Spec::default();
     spec.set_version("1.0.2-dev".to_string());
@@ -856,6 +875,7 @@ mod tests {
                 passwd: self.passwd,
                 group: self.group,
                 init: self.init.clone(),
+                pids_max: 321,
             })
         }
 
@@ -955,7 +975,11 @@ mod tests {
         );
         assert!(s["linux"]["resources"].get("memory").is_none());
         assert!(s["linux"]["resources"].get("cpu").is_none());
-        assert!(s["linux"]["resources"].get("pids").is_none());
+        assert_eq!(s["linux"]["resources"]["pids"], json!({"limit": 321}));
+        assert_eq!(
+            s["linux"]["seccomp"]["defaultAction"],
+            json!("SCMP_ACT_ERRNO")
+        );
         assert!(s.get("annotations").is_none());
     }
 
@@ -1131,6 +1155,54 @@ mod tests {
             s["linux"]["resources"]["devices"],
             json!([{"allow": true, "access": "rwm"}])
         );
+    }
+
+    /// The rules of `spec`'s seccomp profile that name `syscall`.
+    fn seccomp_rules<'a>(spec: &'a Value, syscall: &str) -> Vec<&'a Value> {
+        spec["linux"]["seccomp"]["syscalls"]
+            .as_array()
+            .expect("a seccomp profile")
+            .iter()
+            .filter(|r| strs(&r["names"]).iter().any(|n| n == syscall))
+            .collect()
+    }
+
+    #[test]
+    fn non_privileged_containers_get_the_default_seccomp_profile() {
+        let s = one(json!({})).json();
+        let p = &s["linux"]["seccomp"];
+        assert_eq!(p["defaultAction"], json!("SCMP_ACT_ERRNO"));
+        assert_eq!(p["defaultErrnoRet"], json!(1), "EPERM");
+        assert!(!strs(&p["architectures"]).is_empty());
+        for allowed in ["read", "execve", "socket", "chroot"] {
+            let rules = seccomp_rules(&s, allowed);
+            assert_eq!(rules.len(), 1, "{allowed}");
+            assert_eq!(rules[0]["action"], json!("SCMP_ACT_ALLOW"));
+        }
+        // SYS_CHROOT is a default capability; the others are not granted.
+        for denied in [
+            "unshare",
+            "mount",
+            "setns",
+            "keyctl",
+            "kexec_load",
+            "reboot",
+        ] {
+            assert!(seccomp_rules(&s, denied).is_empty(), "{denied}");
+        }
+        let with_admin =
+            one(json!({"linuxParameters": {"capabilities": {"add": ["SYS_ADMIN"]}}})).json();
+        assert_eq!(seccomp_rules(&with_admin, "unshare").len(), 1);
+        let no_chroot =
+            one(json!({"linuxParameters": {"capabilities": {"drop": ["SYS_CHROOT"]}}})).json();
+        assert!(seccomp_rules(&no_chroot, "chroot").is_empty());
+    }
+
+    #[test]
+    fn privileged_containers_get_no_seccomp_profile() {
+        let s = one(json!({"privileged": true})).json();
+        assert!(s["linux"].get("seccomp").is_none(), "{}", s["linux"]);
+        assert_eq!(s["linux"]["resources"]["pids"], json!({"limit": 321}));
     }
 
     #[test]

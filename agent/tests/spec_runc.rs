@@ -114,6 +114,7 @@ fn runc_runs_the_built_spec() {
         passwd: Some(&passwd),
         group: Some(&group),
         init: None,
+        pids_max: 64,
     })
     .expect("spec builds");
     std::fs::write(
@@ -159,4 +160,170 @@ fn runc_runs_the_built_spec() {
         ],
         "stderr: {stderr}"
     );
+}
+
+/// Runs `script` under runc in one busybox container built by `spec::build` from
+/// `container` (a container definition without name, image or command); returns runc's
+/// exit status and the script's output.
+fn run_script(container: serde_json::Value, script: &str) -> (bool, String, String) {
+    let mut cd = container;
+    cd["name"] = json!("probe");
+    cd["image"] = json!("busybox");
+    cd["memory"] = json!(64);
+    cd["entryPoint"] = json!(["/bin/busybox", "sh", "-c", script]);
+    let td = TaskDefinition::parse(
+        &json!({"family": "probe", "containerDefinitions": [cd]}).to_string(),
+    )
+    .expect("valid task definition");
+    let work = tempfile::tempdir().expect("temp dir");
+    let bundle = work.path().join("bundle");
+    rootfs(&bundle.join("rootfs"));
+    let image: oci_spec::image::ImageConfiguration = serde_json::from_value(json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": []},
+        "config": {"Env": ["PATH=/bin"]}
+    }))
+    .expect("image config");
+    let id = format!("skerry-spec-probe-{}-{}", std::process::id(), rand_suffix());
+    let spec = build(&SpecInput {
+        task: &td,
+        container: &td.container_definitions[0],
+        image: &image,
+        netns: NetNs::Host,
+        cgroups_path: format!("/{id}"),
+        volumes: &HashMap::new(),
+        etc_dir: None,
+        passwd: None,
+        group: None,
+        init: None,
+        pids_max: 64,
+    })
+    .expect("spec builds");
+    let mut spec = serde_json::to_value(&spec).expect("serialize spec");
+    held_capabilities_only(&mut spec["process"]["capabilities"]);
+    std::fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec_pretty(&spec).expect("serialize spec"),
+    )
+    .expect("write config.json");
+    let root = work.path().join("runc-root");
+    let out = Command::new("runc")
+        .arg("--root")
+        .arg(&root)
+        .args(["run", "--bundle"])
+        .arg(&bundle)
+        .arg(&id)
+        .output()
+        .expect("this test needs runc on PATH");
+    let _ = Command::new("runc")
+        .arg("--root")
+        .arg(&root)
+        .args(["delete", "--force", &id])
+        .output();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Capability names by number, as the kernel numbers them.
+const CAP_BY_NUMBER: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// runc cannot grant a capability it does not hold itself: a sandboxed CI runner may lack
+/// some (CAP_SYS_RESOURCE, say), which would fail every privileged container. Keeps only
+/// those in this process's bounding set.
+fn held_capabilities_only(caps: &mut serde_json::Value) {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let bounding = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .expect("CapBnd in /proc/self/status");
+    let held = |name: &str| {
+        CAP_BY_NUMBER
+            .iter()
+            .position(|c| name.strip_prefix("CAP_") == Some(*c))
+            .is_some_and(|bit| bounding & (1 << bit) != 0)
+    };
+    for set in ["bounding", "effective", "permitted"] {
+        if let Some(list) = caps[set].as_array_mut() {
+            list.retain(|c| c.as_str().is_some_and(held));
+        }
+    }
+}
+
+fn rand_suffix() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+}
+
+/// A user namespace needs no capability, so only the seccomp profile stops `unshare -U`
+/// (with EPERM, its default action); the privileged container has no profile and may.
+#[test]
+fn the_seccomp_profile_denies_namespaces_to_non_privileged_containers() {
+    let script = "/bin/busybox grep Seccomp: /proc/self/status; \
+                  /bin/busybox unshare -U /bin/busybox true 2>&1 && echo unshare=ok || echo unshare=denied";
+    let (ok, out, err) = run_script(json!({}), script);
+    assert!(ok, "runc failed: {err}\n{out}");
+    assert_eq!(
+        out, "Seccomp:\t2\nunshare: unshare(0x10000000): Operation not permitted\nunshare=denied\n",
+        "a filter is installed and unshare(CLONE_NEWUSER) fails with EPERM"
+    );
+
+    let (ok, out, err) = run_script(json!({"privileged": true}), script);
+    assert!(ok, "runc failed: {err}\n{out}");
+    assert_eq!(out, "Seccomp:\t0\nunshare=ok\n", "privileged: no filter");
+
+    // Granting CAP_SYS_ADMIN opens the namespace calls, as with Docker.
+    let (ok, out, err) = run_script(
+        json!({"linuxParameters": {"capabilities": {"add": ["SYS_ADMIN"]}}}),
+        script,
+    );
+    assert!(ok, "runc failed: {err}\n{out}");
+    assert_eq!(out, "Seccomp:\t2\nunshare=ok\n");
 }

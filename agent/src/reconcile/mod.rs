@@ -225,7 +225,7 @@ impl Shared {
             .runtime
             .image_files(&image.chain_id, &["etc/passwd", "etc/group"])
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("container {}: image {}: {e}", c.name, image.name))?;
         let mut it = files.into_iter();
         Ok((it.next().flatten(), it.next().flatten()))
     }

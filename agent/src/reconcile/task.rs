@@ -372,6 +372,7 @@ impl Supervisor {
                 passwd: users.0.as_deref(),
                 group: users.1.as_deref(),
                 init: Some(self.shared.agent_bin.clone()),
+                pids_max: self.shared.cfg.container_pids_max,
             };
             tracing::debug!(task = %self.arn, container = %c.name, "building spec");
             let built = spec::build(&input)
