@@ -6,7 +6,21 @@ use super::*;
 use crate::taskdef::*;
 
 impl TaskDefinition {
+    /// Every check, in document order: task-level fields first, then each part.
     pub(in crate::taskdef) fn check(&self, c: &mut Check) {
+        self.check_task_fields(c);
+        self.check_sizes(c);
+        self.check_task_unsupported(c);
+        self.check_volumes(c);
+        let mode = self.network_mode();
+        self.check_containers(c, mode);
+        self.check_dependencies(c);
+        self.check_resources(c);
+        self.check_host_ports(c, mode);
+    }
+
+    /// `family`, roles, the network mode and the compatibilities.
+    fn check_task_fields(&self, c: &mut Check) {
         if !valid_name(&self.family, 255) {
             c.fail("family", "must be 1 to 255 letters, digits, '_' or '-'");
         }
@@ -44,6 +58,10 @@ impl TaskDefinition {
                 ),
             }
         }
+    }
+
+    /// The task's `cpu` and `memory` read as sizes.
+    fn check_sizes(&self, c: &mut Check) {
         if let Some(cpu) = &self.cpu {
             if let Some(units) = cpu.as_cpu_units().filter(|u| !(128..=196_608).contains(u)) {
                 c.fail(
@@ -71,6 +89,10 @@ impl TaskDefinition {
                 );
             }
         }
+    }
+
+    /// Task-level settings Skerry does not honour, each with what to do instead.
+    fn check_task_unsupported(&self, c: &mut Check) {
         for (field, v) in [("pidMode", &self.pid_mode), ("ipcMode", &self.ipc_mode)] {
             if let Some(mode) = v.as_deref().filter(|m| *m != "none") {
                 c.fail(
@@ -128,10 +150,10 @@ impl TaskDefinition {
                 "is not supported by Skerry: remove it or set it to false",
             );
         }
+    }
 
-        self.check_volumes(c);
-
-        let mode = self.network_mode();
+    /// Each container, unique names, and at least one essential container.
+    fn check_containers(&self, c: &mut Check, mode: NetworkMode) {
         let mut names = HashSet::new();
         for (i, cd) in self.container_definitions.iter().enumerate() {
             let base = format!("containerDefinitions[{i}]");
@@ -158,9 +180,6 @@ impl TaskDefinition {
                 "at least one container must be essential (essential defaults to true)",
             );
         }
-        self.check_dependencies(c);
-        self.check_resources(c);
-        self.check_host_ports(c, mode);
     }
 
     pub(super) fn check_resources(&self, c: &mut Check) {
