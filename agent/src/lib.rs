@@ -11,13 +11,13 @@
 //! - `spec`: the OCI runtime spec for one container of a task definition, and the default
 //!   seccomp profile of non-privileged containers.
 //! - `network`: network namespaces and the CNI plugin chain (bridge, portmap, loopback).
-//! - `logs`: the shim's log driver (rotated files) and reading them back.
+//! - `logs`: the shim's log driver, the file rotation, and reading the files back.
 //! - `init`: the PID 1 for `initProcessEnabled` containers (this same binary).
 //! - `outbox`: the durable, ordered, bounded queue of messages for the hub.
 //! - `reconcile`: converges containerd to the desired state; one supervisor per task.
 //! - `control`: the root-only unix socket behind `apply`, `ps` and `logs`.
 //! - `provision`: the provisioning file on the boot partition (hub, activation, CA pin).
-//! - `identity`: the device key, registration over pinned TLS, the stored identity.
+//! - `identity`: the stored identity, the CA pin, registration, the start-up plan.
 //! - `link`: the MQTT link: desired state down, the outbox up, presence and metrics.
 //! - `backoff`: exponential backoff with jitter, for registration and the broker link.
 //! - `bootstrap`: a first boot without network: preloaded images, the bootstrap document.

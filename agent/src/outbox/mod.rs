@@ -32,8 +32,8 @@
 //!   then folded into a later one is reported again, so receivers must treat coverage as
 //!   at-least-once, as QoS 1 delivery already is.
 
+mod compaction;
 mod frame;
-mod policy;
 mod queue;
 mod segment;
 
@@ -123,7 +123,7 @@ impl Record {
             .cloned()
             .chain(std::iter::once(self.seq..=self.seq))
             .collect();
-        policy::normalize(&mut v);
+        compaction::normalize(&mut v);
         v
     }
 }

@@ -606,7 +606,7 @@ async fn range_lists_stay_bounded_when_acks_lag_far_behind() {
             }
         }));
     }
-    let bound = 3 * policy::max_ranges(c.max_bytes);
+    let bound = 3 * compaction::max_ranges(c.max_bytes);
     let widest = |recs: &[Record]| {
         recs.iter()
             .map(|r| r.folded.len() + r.dropped.len())
