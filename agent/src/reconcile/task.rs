@@ -460,20 +460,7 @@ impl Supervisor {
         tx: &mpsc::Sender<Signal>,
         rx: &mut mpsc::Receiver<Signal>,
     ) -> Outcome {
-        let deps: Vec<(String, Vec<(String, Condition)>)> = self
-            .def
-            .container_definitions
-            .iter()
-            .map(|c| {
-                let d = c
-                    .depends_on
-                    .iter()
-                    .flatten()
-                    .map(|d| (d.container_name.clone(), condition(d.condition)))
-                    .collect();
-                (c.name.clone(), d)
-            })
-            .collect();
+        let deps = self.dependencies();
         let order = policy::start_order(
             &deps
                 .iter()
@@ -481,40 +468,8 @@ impl Supervisor {
                 .collect::<Vec<_>>(),
         );
         loop {
-            // Start whatever may start now.
-            for name in &order {
-                let view = run.views.get(name).cloned().unwrap_or_default();
-                if view.started
-                    || run.restart_due.contains_key(name)
-                    || run.never.contains_key(name)
-                {
-                    continue;
-                }
-                let my_deps = deps
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .map(|(_, d)| d.clone())
-                    .unwrap_or_default();
-                match policy::readiness(&my_deps, &run.views) {
-                    Readiness::Ready => {
-                        if let Err(o) = Box::pin(self.start(run, name, tx)).await {
-                            return o;
-                        }
-                    }
-                    Readiness::Wait => {}
-                    Readiness::Never(why) => {
-                        let essential = self.container(name).is_some_and(|c| c.is_essential());
-                        warn!(task = %self.arn, container = %name, "{why}");
-                        self.set_container(name, |r| r.reason = Some(why.clone()));
-                        if essential {
-                            return Outcome::Stop {
-                                reason: format!("Essential container {name} cannot start: {why}"),
-                                code: STOP_FAILED_TO_START,
-                            };
-                        }
-                        run.never.insert(name.clone(), why);
-                    }
-                }
+            if let Err(o) = self.start_ready(run, &order, &deps, tx).await {
+                return o;
             }
             self.refresh_task_status(run);
 
@@ -543,20 +498,91 @@ impl Supervisor {
                     }
                 }
                 _ = sleep_until(next_restart) => {
-                    let now = Instant::now();
-                    let due: Vec<String> = run.restart_due.iter().filter(|(_, t)| **t <= now).map(|(n, _)| n.clone()).collect();
-                    for name in due {
-                        run.restart_due.remove(&name);
-                        info!(task = %self.arn, container = %name, "restarting container");
-                        self.update(|r| *r.restarts.entry(name.clone()).or_default() += 1);
-                        if let Err(o) = Box::pin(self.start(run, &name, tx)).await {
-                            return o;
-                        }
+                    if let Err(o) = self.restart_due(run, tx).await {
+                        return o;
                     }
                 }
                 _ = self.shutdown.cancelled() => return Outcome::Shutdown,
             }
         }
+    }
+
+    /// Each container's `dependsOn`, as (name, [(dependency, condition)]).
+    fn dependencies(&self) -> Vec<(String, Vec<(String, Condition)>)> {
+        self.def
+            .container_definitions
+            .iter()
+            .map(|c| {
+                let d = c
+                    .depends_on
+                    .iter()
+                    .flatten()
+                    .map(|d| (d.container_name.clone(), condition(d.condition)))
+                    .collect();
+                (c.name.clone(), d)
+            })
+            .collect()
+    }
+
+    /// Starts, in `order`, every container not yet started whose dependencies allow it now;
+    /// gives up on those whose dependencies never will.
+    async fn start_ready(
+        &self,
+        run: &mut Running,
+        order: &[String],
+        deps: &[(String, Vec<(String, Condition)>)],
+        tx: &mpsc::Sender<Signal>,
+    ) -> Result<(), Outcome> {
+        for name in order {
+            let view = run.views.get(name).cloned().unwrap_or_default();
+            if view.started || run.restart_due.contains_key(name) || run.never.contains_key(name) {
+                continue;
+            }
+            let my_deps = deps
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, d)| d.clone())
+                .unwrap_or_default();
+            match policy::readiness(&my_deps, &run.views) {
+                Readiness::Ready => Box::pin(self.start(run, name, tx)).await?,
+                Readiness::Wait => {}
+                Readiness::Never(why) => {
+                    let essential = self.container(name).is_some_and(|c| c.is_essential());
+                    warn!(task = %self.arn, container = %name, "{why}");
+                    self.set_container(name, |r| r.reason = Some(why.clone()));
+                    if essential {
+                        return Err(Outcome::Stop {
+                            reason: format!("Essential container {name} cannot start: {why}"),
+                            code: STOP_FAILED_TO_START,
+                        });
+                    }
+                    run.never.insert(name.clone(), why);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts again the containers whose restart pause is over.
+    async fn restart_due(
+        &self,
+        run: &mut Running,
+        tx: &mpsc::Sender<Signal>,
+    ) -> Result<(), Outcome> {
+        let now = Instant::now();
+        let due: Vec<String> = run
+            .restart_due
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            run.restart_due.remove(&name);
+            info!(task = %self.arn, container = %name, "restarting container");
+            self.update(|r| *r.restarts.entry(name.clone()).or_default() += 1);
+            Box::pin(self.start(run, &name, tx)).await?;
+        }
+        Ok(())
     }
 
     async fn start(
