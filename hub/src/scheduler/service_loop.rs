@@ -283,8 +283,9 @@ pub fn reconcile_all(hub: &Hub, now: f64, sweep: bool) -> Result<(), SchedError>
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::scheduler::new_deployment_id;
+    use crate::scheduler::placement::THROTTLE_MAX;
     use crate::scheduler::tests::*;
-    use crate::scheduler::{new_deployment_id, THROTTLE_MAX};
     use crate::store::ServiceRow;
     use serde_json::json;
     use skerry_proto::desired::DesiredStatus;
