@@ -3,10 +3,11 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
-use skerry_hub::api::{Service, ECS_TARGET_PREFIX, SKERRY_TARGET_PREFIX, SSM_TARGET_PREFIX};
-use skerry_hub::sigv4::{self, Signed};
+use skerry_aws_json::error::read_error;
+use skerry_aws_json::sigv4::{self, Signed};
+use skerry_aws_json::{Service, CONTENT_TYPE};
 
 const DEFAULT_REGION: &str = "us-east-1";
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -104,11 +105,6 @@ impl Hub {
         input: &Value,
     ) -> Result<Value, ClientError> {
         let body = serde_json::to_vec(input).expect("a JSON value always serializes");
-        let prefix = match service {
-            Service::Ecs => ECS_TARGET_PREFIX,
-            Service::Ssm => SSM_TARGET_PREFIX,
-            Service::Skerry => SKERRY_TARGET_PREFIX,
-        };
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -120,10 +116,10 @@ impl Hub {
         };
         let mut headers = HeaderMap::new();
         for (name, value) in [
-            ("content-type", "application/x-amz-json-1.1".to_string()),
+            ("content-type", CONTENT_TYPE.to_string()),
             ("host", host),
             ("x-amz-date", amz_date.clone()),
-            ("x-amz-target", format!("{prefix}{operation}")),
+            ("x-amz-target", service.target(operation)),
         ] {
             let value = HeaderValue::from_str(&value)
                 .map_err(|_| ClientError::BadUrl(self.url.to_string()))?;
@@ -179,17 +175,7 @@ impl Hub {
         if status.is_success() {
             return Ok(value);
         }
-        let code = value
-            .get("__type")
-            .and_then(Value::as_str)
-            .map(|t| t.rsplit('#').next().unwrap_or(t).to_string())
-            .ok_or_else(bad)?;
-        let message = value
-            .get("message")
-            .or_else(|| value.get("Message"))
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
+        let (code, message) = read_error(&value).ok_or_else(bad)?;
         Err(ClientError::Api {
             operation: operation.to_string(),
             code,

@@ -2,15 +2,21 @@
 //! (and SSM activation) JSON API, so the stock aws CLI drives it with `--endpoint-url`.
 //!
 //! # Layout
-//! Where a request goes: `server` verifies it (`sigv4`) and hands it to `api`, whose
-//! [`api::OPERATIONS`] table names the handler of every operation. Start there.
+//! Where a request goes: `server` verifies its signature (`skerry_aws_json::sigv4`) and
+//! hands it to `api`, whose `api::OPERATIONS` table names the handler of every operation.
+//! Start there.
+//!
+//! The public surface is what the `skerry-hub` binary, the load generator and the hub's
+//! integration tests use: `server::run`, `config`, `ca`, `broker`, the link's TLS set-up
+//! (`link`), and, for tests that play devices in-process, `state`, `arn`, `device` and
+//! `store`. Every other module is `pub(crate)`.
 //!
 //! - `api`: the AWS JSON 1.1 protocol, the dispatch table and the operations:
 //!   `api/ecs/` (`clusters`, `task_definitions`, `tasks`, `services`, `instances`, and in
 //!   `api/ecs/mod.rs` what they share: error constructors, cluster and task definition
 //!   references, tags, pagination), `api/ssm.rs` (activations), `api/skerry.rs`
 //!   (`ListEvents`).
-//! - `state`: [`state::Hub`], what every part works over: the store, the ARNs, the changes.
+//! - `state`: `state::Hub`, what every part works over: the store, the ARNs, the changes.
 //! - `arn`: every ARN the hub gives out or reads back.
 //! - `changes`: the one write path to the store, and the wake-ups it sends the publisher and
 //!   the service loop.
@@ -23,7 +29,6 @@
 //! - `server`: the API listener, request handling and graceful shutdown.
 //! - `register`: the HTTPS listener devices register with (`POST /v1/register`).
 //! - `listener`: the bounded accept loop both listeners use.
-//! - `sigv4`: AWS Signature Version 4 verification of incoming requests.
 //! - `config`: the TOML configuration, checked into [`config::Config`] at startup.
 //! - `ca`: the hub's certificate authority: device, server and hub client certificates.
 //! - `broker`: the Mosquitto configuration and ACL `skerry-hub broker-config` writes.
@@ -33,20 +38,19 @@
 //!   `store/services.rs`, `store/events.rs`: device and service events, `store/links.rs`:
 //!   each device's link).
 
-pub mod api;
+pub(crate) mod api;
 pub mod arn;
 pub mod broker;
 pub mod ca;
-pub mod changes;
-pub mod clock;
+pub(crate) mod changes;
+pub(crate) mod clock;
 pub mod config;
 pub mod device;
 pub mod link;
-pub mod listener;
-pub mod register;
-pub mod scheduler;
+pub(crate) mod listener;
+pub(crate) mod register;
+pub(crate) mod scheduler;
 pub mod server;
-pub mod sigv4;
 pub mod state;
 pub mod store;
-pub mod taskdef;
+pub(crate) mod taskdef;

@@ -19,6 +19,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use rand::RngCore;
+use skerry_aws_json::sigv4;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +33,7 @@ use crate::listener::accept_next;
 use crate::register::{self, ListenError, Registrar};
 use crate::state::Hub;
 use crate::store::{Store, StoreError};
-use crate::{clock, scheduler, sigv4};
+use crate::{clock, scheduler};
 
 /// Open connections beyond this wait in the kernel's accept backlog.
 const MAX_CONNECTIONS: usize = 256;

@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use common::{Hub, KEY_ID, REGION, SECRET};
 use hyper::header::{HeaderMap, HeaderValue};
 use serde_json::Value;
-use skerry_hub::sigv4;
+use skerry_aws_json::sigv4;
 
 const TARGET: &str = "AmazonEC2ContainerServiceV20141113.ListClusters";
 

@@ -17,6 +17,7 @@ const CRATES: &[&str] = &[
     "proto",
     "agent",
     "hub",
+    "aws-json",
     "cli",
     "image",
     "tests",

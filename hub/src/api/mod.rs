@@ -1,8 +1,8 @@
 //! The API the aws CLI speaks to: the AWS JSON 1.1 protocol (`X-Amz-Target` names the
-//! operation, the body is its input, errors carry `__type` the way the aws CLI reads them)
-//! and [`OPERATIONS`], the one table from an operation's name to its handler. Start there
-//! to find where any operation is handled. Operations are synchronous over the store; the
-//! server runs them on the blocking pool.
+//! operation, the body is its input, errors carry `__type` the way the aws CLI reads them;
+//! the wire parts are the `skerry-aws-json` crate) and [`OPERATIONS`], the one table from an
+//! operation's name to its handler. Start there to find where any operation is handled.
+//! Operations are synchronous over the store; the server runs them on the blocking pool.
 //!
 //! # Layout
 //! - `ecs`: the Amazon ECS operations (clusters, task definitions, tasks, services,
@@ -21,74 +21,7 @@ use crate::state::Hub;
 use crate::store::StoreError;
 use ecs::{clusters, instances, services, task_definitions, tasks};
 
-pub const ECS_TARGET_PREFIX: &str = "AmazonEC2ContainerServiceV20141113.";
-pub const SSM_TARGET_PREFIX: &str = "AmazonSSM.";
-/// Skerry's own operations (the device event history), which neither ECS nor SSM has.
-pub const SKERRY_TARGET_PREFIX: &str = "SkerryHub_20261126.";
-pub const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
-
-/// The AWS service an operation belongs to; its SigV4 signing name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Service {
-    Ecs,
-    Ssm,
-    Skerry,
-}
-
-impl Service {
-    pub fn signing_name(self) -> &'static str {
-        match self {
-            Service::Ecs => "ecs",
-            Service::Ssm => "ssm",
-            Service::Skerry => "skerry",
-        }
-    }
-}
-
-/// Splits `X-Amz-Target` into the service and operation name.
-pub fn parse_target(target: &str) -> Option<(Service, &str)> {
-    if let Some(op) = target.strip_prefix(ECS_TARGET_PREFIX) {
-        Some((Service::Ecs, op))
-    } else {
-        target
-            .strip_prefix(SSM_TARGET_PREFIX)
-            .map(|op| (Service::Ssm, op))
-            .or_else(|| {
-                target
-                    .strip_prefix(SKERRY_TARGET_PREFIX)
-                    .map(|op| (Service::Skerry, op))
-            })
-    }
-}
-
-/// An error in the shape AWS JSON services answer with.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{code}: {message}")]
-pub struct ApiError {
-    pub status: u16,
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(400, code, message)
-    }
-
-    pub fn body(&self) -> Vec<u8> {
-        serde_json::json!({ "__type": self.code, "message": self.message })
-            .to_string()
-            .into_bytes()
-    }
-}
+pub use skerry_aws_json::{parse_target, ApiError, Service, CONTENT_TYPE};
 
 /// What every operation runs over: the hub, and the time the request arrived (Unix
 /// seconds, fractional), read once per request.
@@ -227,19 +160,6 @@ pub fn page_size(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn targets_split_by_service() {
-        assert_eq!(
-            parse_target("AmazonEC2ContainerServiceV20141113.ListClusters"),
-            Some((Service::Ecs, "ListClusters"))
-        );
-        assert_eq!(
-            parse_target("AmazonSSM.CreateActivation"),
-            Some((Service::Ssm, "CreateActivation"))
-        );
-        assert_eq!(parse_target("DynamoDB_20120810.ListTables"), None);
-    }
 
     #[test]
     fn every_operation_is_in_the_table_once() {

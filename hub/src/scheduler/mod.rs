@@ -28,12 +28,12 @@ use crate::arn::Arns;
 use crate::store::{InstanceLoad, ServiceRow, StoreError, TaskRow, Txn};
 
 pub use placement::{
-    host_ports, place, plan_daemon, plan_replica, shortage_detail, throttle_delay, Candidate,
-    Demand, Plan, ServiceTask, Shortage, Unplaced, THROTTLE_BASE, THROTTLE_MAX,
+    place, plan_daemon, plan_replica, shortage_detail, throttle_delay, Candidate, Demand,
+    ServiceTask, Shortage,
 };
-pub use service_loop::{
-    reconcile_all, reconcile_service, run, ServiceOutcome, SERVICE_TICK, STOPPED_TASK_RETENTION,
-};
+#[cfg(test)]
+pub(crate) use service_loop::ServiceOutcome;
+pub use service_loop::{reconcile_service, run};
 
 #[cfg(test)]
 pub(crate) use service_loop::tests as service_tests;

@@ -9,13 +9,14 @@ use serde_json::Value;
 use skerry_proto::status::TaskStatus;
 use tokio_util::sync::CancellationToken;
 
+use super::placement::Plan;
 use super::{
     load_definition, plan_daemon, plan_replica, run_tasks, run_tasks_on, service_group, short_id,
     stop_task, throttle_delay, Placed, SchedError, ServiceTask, TaskSpec,
 };
 use crate::arn::Arns;
 use crate::state::Hub;
-use crate::store::{StartFailures, StoreError, TaskRow, Txn};
+use crate::store::{ServiceRow, StartFailures, StoreError, TaskRow, Txn};
 
 /// How often the service loop looks at every service even when nothing poked it.
 pub const SERVICE_TICK: Duration = Duration::from_secs(1);
@@ -50,37 +51,16 @@ pub fn reconcile_service(
     let Some(mut s) = tx.service(service_id)? else {
         return Ok(out);
     };
-    let reason = format!(
-        "Scaling activity initiated by (deployment {})",
-        s.deployment_id
-    );
-    let code = "ServiceSchedulerInitiated";
+    let why = StopReason::of(&s);
     match s.status.as_str() {
         "ACTIVE" => {}
         "DRAINING" => {
-            for t in tx.live_service_tasks(s.id)? {
-                stop_task(tx, &t, &reason, code, now)?;
-                out.stopped.push(t.arn);
-            }
-            if tx.unstopped_service_tasks(s.id)?.is_empty() {
-                s.status = "INACTIVE".into();
-                s.updated_at = now;
-                tx.update_service(&s)?;
-            }
+            drain(tx, &mut s, &why, now, &mut out)?;
             return Ok(out);
         }
         _ => return Ok(out),
     }
-    let tasks: Vec<ServiceTask> = tx
-        .live_service_task_states(s.id)?
-        .into_iter()
-        .map(|t| ServiceTask {
-            current: t.started_by.as_deref() == Some(s.deployment_id.as_str()),
-            running: t.last_status == TaskStatus::Running,
-            arn: t.arn,
-            instance_id: t.instance_id,
-        })
-        .collect();
+    let tasks = service_tasks(tx, &s)?;
     let daemon = s.scheduling_strategy == "DAEMON";
     let plan = if daemon {
         plan_daemon(&tx.active_instance_ids(&s.cluster)?, &tasks)
@@ -94,11 +74,77 @@ pub fn reconcile_service(
     };
     for arn in &plan.stop {
         if let Some(t) = tx.task(arn)?.filter(TaskRow::is_live) {
-            stop_task(tx, &t, &reason, code, now)?;
+            stop_task(tx, &t, &why.reason, why.code, now)?;
             out.stopped.push(arn.clone());
         }
     }
-    let mut unplaced: Option<String> = None;
+    let unplaced = start(tx, arns, &s, &plan, now, &mut out)?;
+    record_events(tx, &s, &tasks, daemon, &out, unplaced, now)?;
+    Ok(out)
+}
+
+/// Why the service loop stops a service's task, in ECS's words.
+struct StopReason {
+    reason: String,
+    code: &'static str,
+}
+
+impl StopReason {
+    fn of(s: &ServiceRow) -> StopReason {
+        StopReason {
+            reason: format!(
+                "Scaling activity initiated by (deployment {})",
+                s.deployment_id
+            ),
+            code: "ServiceSchedulerInitiated",
+        }
+    }
+}
+
+/// A DRAINING service: stops every live task; INACTIVE once none is left unstopped.
+fn drain(
+    tx: &mut Txn<'_>,
+    s: &mut ServiceRow,
+    why: &StopReason,
+    now: f64,
+    out: &mut ServiceOutcome,
+) -> Result<(), SchedError> {
+    for t in tx.live_service_tasks(s.id)? {
+        stop_task(tx, &t, &why.reason, why.code, now)?;
+        out.stopped.push(t.arn);
+    }
+    if tx.unstopped_service_tasks(s.id)?.is_empty() {
+        s.status = "INACTIVE".into();
+        s.updated_at = now;
+        tx.update_service(s)?;
+    }
+    Ok(())
+}
+
+/// The service's live tasks as its plan sees them.
+fn service_tasks(tx: &Txn<'_>, s: &ServiceRow) -> Result<Vec<ServiceTask>, SchedError> {
+    Ok(tx
+        .live_service_task_states(s.id)?
+        .into_iter()
+        .map(|t| ServiceTask {
+            current: t.started_by.as_deref() == Some(s.deployment_id.as_str()),
+            running: t.last_status == TaskStatus::Running,
+            arn: t.arn,
+            instance_id: t.instance_id,
+        })
+        .collect())
+}
+
+/// Places the tasks `plan` asks for, unless the service is waiting out failures to start.
+/// What could not be started, in the words of the service event that says so.
+fn start(
+    tx: &mut Txn<'_>,
+    arns: &Arns,
+    s: &ServiceRow,
+    plan: &Plan,
+    now: f64,
+    out: &mut ServiceOutcome,
+) -> Result<Option<String>, SchedError> {
     let starting = plan.start > 0 || !plan.start_on.is_empty();
     let failures = if starting {
         tx.start_failures(s.id)?
@@ -111,77 +157,93 @@ pub fn reconcile_service(
         .is_some_and(|at| now < at + wait.as_secs_f64())
     {
         // The same words while the wait lasts, so the event is said once.
-        unplaced = Some(format!(
+        return Ok(Some(format!(
             "(service {}) is unable to consistently start tasks successfully: {} tasks in a \
              row failed to start; the next one is placed {} s after the last failure.",
             s.name,
             failures.count,
             wait.as_secs()
-        ));
-    } else if starting {
-        match load_definition(tx, &s.family, Some(s.revision)) {
-            Ok(Some((_, definition))) => {
-                let spec = TaskSpec {
-                    cluster: s.cluster.clone(),
-                    family: s.family.clone(),
-                    revision: s.revision,
-                    definition,
-                    group: service_group(&s),
-                    started_by: Some(s.deployment_id.clone()),
-                    service_id: Some(s.id),
-                    client_token: None,
-                    tags: Value::Array(Vec::new()),
-                };
-                let mut batches: Vec<Result<Placed, SchedError>> = Vec::new();
-                if plan.start > 0 {
-                    batches.push(run_tasks(tx, arns, &spec, plan.start, None, now));
-                }
-                if !plan.start_on.is_empty() {
-                    batches.extend(run_tasks_on(tx, arns, &spec, &plan.start_on, now)?);
-                }
-                for placed in batches {
-                    match placed {
-                        Ok(placed) => {
-                            out.started.extend(placed.tasks.into_iter().map(|t| t.arn));
-                            if let Some(f) = placed.failures.first() {
-                                unplaced = Some(format!(
-                                    "(service {}) was unable to place a task because no container \
-                                     instance met all of its requirements. The closest matching \
-                                     (container-instance {}) has insufficient {} available. {}",
-                                    s.name,
-                                    short_id(&f.arn),
-                                    f.shortage.what(),
-                                    f.detail
-                                ));
-                            }
-                        }
-                        Err(SchedError::NoInstances { cluster }) => {
-                            unplaced = Some(format!(
-                                "(service {}) was unable to place a task because no container \
-                                 instance met all of its requirements. Reason: No Container \
-                                 Instances were found in your cluster {cluster}.",
-                                s.name
-                            ));
-                        }
-                        Err(e) => return Err(e),
-                    }
+        )));
+    }
+    if !starting {
+        return Ok(None);
+    }
+    let definition = match load_definition(tx, &s.family, Some(s.revision)) {
+        Ok(Some((_, definition))) => definition,
+        Ok(None) => {
+            return Ok(Some(format!(
+                "(service {}) was unable to start tasks: task definition {}:{} no longer exists",
+                s.name, s.family, s.revision
+            )))
+        }
+        Err(SchedError::BadDefinition { message, .. }) => {
+            return Ok(Some(format!(
+                "(service {}) was unable to start tasks: task definition {}:{}: {message}",
+                s.name, s.family, s.revision
+            )))
+        }
+        Err(e) => return Err(e),
+    };
+    let spec = TaskSpec {
+        cluster: s.cluster.clone(),
+        family: s.family.clone(),
+        revision: s.revision,
+        definition,
+        group: service_group(s),
+        started_by: Some(s.deployment_id.clone()),
+        service_id: Some(s.id),
+        client_token: None,
+        tags: Value::Array(Vec::new()),
+    };
+    let mut batches: Vec<Result<Placed, SchedError>> = Vec::new();
+    if plan.start > 0 {
+        batches.push(run_tasks(tx, arns, &spec, plan.start, None, now));
+    }
+    if !plan.start_on.is_empty() {
+        batches.extend(run_tasks_on(tx, arns, &spec, &plan.start_on, now)?);
+    }
+    let mut unplaced = None;
+    for placed in batches {
+        match placed {
+            Ok(placed) => {
+                out.started.extend(placed.tasks.into_iter().map(|t| t.arn));
+                if let Some(f) = placed.failures.first() {
+                    unplaced = Some(format!(
+                        "(service {}) was unable to place a task because no container \
+                         instance met all of its requirements. The closest matching \
+                         (container-instance {}) has insufficient {} available. {}",
+                        s.name,
+                        short_id(&f.arn),
+                        f.shortage.what(),
+                        f.detail
+                    ));
                 }
             }
-            Ok(None) => {
+            Err(SchedError::NoInstances { cluster }) => {
                 unplaced = Some(format!(
-                    "(service {}) was unable to start tasks: task definition {}:{} no longer exists",
-                    s.name, s.family, s.revision
-                ));
-            }
-            Err(SchedError::BadDefinition { message, .. }) => {
-                unplaced = Some(format!(
-                    "(service {}) was unable to start tasks: task definition {}:{}: {message}",
-                    s.name, s.family, s.revision
+                    "(service {}) was unable to place a task because no container \
+                     instance met all of its requirements. Reason: No Container \
+                     Instances were found in your cluster {cluster}.",
+                    s.name
                 ));
             }
             Err(e) => return Err(e),
         }
     }
+    Ok(unplaced)
+}
+
+/// The pass's service events: what stopped, what started, what could not be placed (once,
+/// not every tick), or that the service reached a steady state (once).
+fn record_events(
+    tx: &mut Txn<'_>,
+    s: &ServiceRow,
+    tasks: &[ServiceTask],
+    daemon: bool,
+    out: &ServiceOutcome,
+    unplaced: Option<String>,
+    now: f64,
+) -> Result<(), StoreError> {
     let last = tx.last_service_event(s.id)?;
     let say = |tx: &mut Txn<'_>, m: String| -> Result<(), StoreError> {
         tx.add_service_event(s.id, now, &m)
@@ -220,7 +282,7 @@ pub fn reconcile_service(
         }
         None => {}
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The service loop: every [`SERVICE_TICK`], and whenever the fleet says a service may need
@@ -283,8 +345,9 @@ pub fn reconcile_all(hub: &Hub, now: f64, sweep: bool) -> Result<(), SchedError>
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::scheduler::new_deployment_id;
+    use crate::scheduler::placement::THROTTLE_MAX;
     use crate::scheduler::tests::*;
-    use crate::scheduler::{new_deployment_id, THROTTLE_MAX};
     use crate::store::ServiceRow;
     use serde_json::json;
     use skerry_proto::desired::DesiredStatus;

@@ -8,7 +8,7 @@
 //! path normalisation (the JSON protocol always posts to `/`).
 
 use hmac::{Hmac, Mac};
-use hyper::header::HeaderMap;
+use http::header::HeaderMap;
 use sha2::{Digest, Sha256};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -121,7 +121,7 @@ pub fn verify<'s>(
 ) -> Result<Verified, SigV4Error> {
     let auth = req
         .headers
-        .get(hyper::header::AUTHORIZATION)
+        .get(http::header::AUTHORIZATION)
         .ok_or(SigV4Error::Missing)?
         .to_str()
         .map_err(|_| SigV4Error::Malformed("Authorization is not ASCII".into()))?;
@@ -169,8 +169,8 @@ pub fn verify<'s>(
 }
 
 /// The `Authorization` header value for `req` signed over `signed_headers` (lowercase,
-/// sorted, each present in `req.headers`) at `amz_date`. The hub only verifies; this is for
-/// clients written in Rust and for tests.
+/// sorted, each present in `req.headers`) at `amz_date`: how the `skerry` CLI and tests
+/// sign (the hub only verifies).
 pub fn authorization(
     req: &Signed<'_>,
     signed_headers: &[&str],
@@ -372,7 +372,7 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::header::{HeaderName, HeaderValue};
+    use http::header::{HeaderName, HeaderValue};
 
     // The AWS SigV4 test suite's credentials and clock (aws-sig-v4-test-suite).
     const KEY_ID: &str = "AKIDEXAMPLE";
