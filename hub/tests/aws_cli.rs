@@ -1,4 +1,4 @@
-//! Drives the real `skerry-hub` binary with the real aws CLI (`pip install awscli`), over
+//! Drives the real `skerry-hub` binary with the real aws CLI (Debian's `awscli`, v2), over
 //! loopback only. Each test runs its own hub in its own temporary directory.
 
 mod common;

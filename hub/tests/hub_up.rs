@@ -6,6 +6,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -46,11 +47,41 @@ fn env_file(dir: &Path) -> HashMap<String, String> {
         .collect()
 }
 
-fn aws(dir: &Path, env: &HashMap<String, String>, args: &[&str]) -> Value {
-    let mut cmd = Command::new("aws");
-    cmd.args(["--output", "json"])
-        .args(args)
-        .envs(env)
+/// Runs the aws CLI as an operator does after `. DIR/env`, with a decoy `aws` first on PATH
+/// (a machine may have another aws CLI there): sourcing env must put the hub's in front. No
+/// aws config: the output is what an operator sees.
+fn aws(dir: &Path, args: &[&str]) -> Value {
+    let out = run_bounded(
+        sourced(dir, r#"shift; exec aws --output json "$@""#).args(args),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "aws {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+/// `sh -c '. DIR/env; SCRIPT' sh DIR` with a decoy aws first on PATH and no aws config.
+fn sourced(dir: &Path, script: &str) -> Command {
+    let decoy = dir.with_file_name("decoy");
+    fs::create_dir_all(&decoy).expect("mkdir decoy");
+    fs::write(
+        decoy.join("aws"),
+        "#!/bin/sh\necho 'a decoy aws ran, not the one DIR/env names' >&2\nexit 3\n",
+    )
+    .expect("write decoy");
+    fs::set_permissions(decoy.join("aws"), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = format!(
+        "{}:{}",
+        decoy.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", &format!(". \"$1/env\"; {script}"), "sh"])
+        .arg(dir)
+        .env("PATH", path)
         .env("AWS_CONFIG_FILE", dir.join("no-aws-config"))
         .env(
             "AWS_SHARED_CREDENTIALS_FILE",
@@ -58,15 +89,11 @@ fn aws(dir: &Path, env: &HashMap<String, String>, args: &[&str]) -> Value {
         )
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_MAX_ATTEMPTS", "1")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_PAGER")
         .env_remove("AWS_PROFILE")
         .env_remove("AWS_SESSION_TOKEN");
-    let out = run_bounded(&mut cmd, Duration::from_secs(60));
-    assert!(
-        out.status.success(),
-        "aws {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON")
+    cmd
 }
 
 fn pid(dir: &Path, name: &str) -> u32 {
@@ -116,10 +143,40 @@ fn hub_up_serves_the_aws_cli_and_keeps_state_across_down_and_up() {
         assert!(env.contains_key(key), "{key} missing from env: {env:?}");
     }
     assert!(env["SKERRY_BROKER"].starts_with("mqtts://127.0.0.1:"));
-    aws(
+    aws(&dir, &["ecs", "create-cluster", "--cluster-name", "edge"]);
+    // The hub's timestamps as v2 shows them by default: ISO 8601, so it parsed them.
+    let td = aws(
         &dir,
-        &env,
-        &["ecs", "create-cluster", "--cluster-name", "edge"],
+        &[
+            "ecs",
+            "register-task-definition",
+            "--family",
+            "web",
+            "--container-definitions",
+            r#"[{"name":"web","image":"busybox","memory":64}]"#,
+        ],
+    );
+    let at = td["taskDefinition"]["registeredAt"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        at.starts_with("20") && at.get(10..11) == Some("T"),
+        "registeredAt is not ISO 8601: {td}"
+    );
+    // Sourcing env again leaves PATH with the hub's bin once.
+    let twice = run_bounded(
+        &mut sourced(&dir, r#". "$1/env"; printf '%s' "$PATH""#),
+        Duration::from_secs(10),
+    );
+    let bin = format!("{}/bin", dir.display());
+    assert_eq!(
+        String::from_utf8_lossy(&twice.stdout)
+            .split(':')
+            .filter(|p| *p == bin)
+            .count(),
+        1,
+        "PATH after sourcing env twice: {}",
+        String::from_utf8_lossy(&twice.stdout)
     );
     let (hub, broker) = (pid(&dir, "hub"), pid(&dir, "broker"));
     assert!(alive(hub) && alive(broker));
@@ -138,7 +195,7 @@ fn hub_up_serves_the_aws_cli_and_keeps_state_across_down_and_up() {
     run("hub-up", &dir);
     assert_ne!(pid(&dir, "hub"), hub);
     assert_eq!(env_file(&dir), env);
-    let list = aws(&dir, &env, &["ecs", "list-clusters"]);
+    let list = aws(&dir, &["ecs", "list-clusters"]);
     assert_eq!(
         list["clusterArns"],
         serde_json::json!(["arn:aws:ecs:us-east-1:000000000000:cluster/edge"])

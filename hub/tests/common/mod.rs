@@ -15,6 +15,9 @@ use serde_json::Value;
 pub const KEY_ID: &str = "AKIDSKERRYTEST";
 pub const SECRET: &str = "skerry-test-secret-0123456789";
 pub const REGION: &str = "us-east-1";
+/// The aws CLI scripts/setup installs (Debian's `awscli`, v2), by its path: a PATH may hold
+/// another one first.
+pub const AWS_CLI: &str = "/usr/bin/aws";
 
 pub struct Hub {
     pub dir: PathBuf,
@@ -30,6 +33,15 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("bind a loopback port")
         .port()
+}
+
+/// An aws CLI config of the tests' own in `dir`, instead of the machine's: timestamps as the
+/// hub sent them (epoch seconds; v2 prints ISO 8601 by default), so tests compare the hub's
+/// values, not the CLI's rendering of them.
+pub fn aws_config(dir: &Path) -> PathBuf {
+    let path = dir.join("aws-config");
+    fs::write(&path, "[default]\ncli_timestamp_format = wire\n").expect("write aws config");
+    path
 }
 
 /// The hub's config for `dir`, with `extra` (TOML sections) appended.
@@ -138,7 +150,7 @@ impl Hub {
 
     pub fn aws_with(&self, key_id: &str, secret: &str, args: &[&str]) -> Output {
         let endpoint = format!("http://127.0.0.1:{}", self.port);
-        let mut cmd = Command::new("aws");
+        let mut cmd = Command::new(AWS_CLI);
         cmd.args(["--endpoint-url", &endpoint, "--output", "json"])
             .args(args)
             .env("AWS_ACCESS_KEY_ID", key_id)
@@ -146,7 +158,7 @@ impl Hub {
             .env("AWS_DEFAULT_REGION", REGION)
             // Keep the CLI off the machine's own profiles, off the instance metadata
             // endpoint, and from retrying: loopback only, one request per call.
-            .env("AWS_CONFIG_FILE", self.dir.join("no-aws-config"))
+            .env("AWS_CONFIG_FILE", aws_config(&self.dir))
             .env(
                 "AWS_SHARED_CREDENTIALS_FILE",
                 self.dir.join("no-aws-credentials"),
@@ -154,10 +166,12 @@ impl Hub {
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("AWS_RETRY_MODE", "standard")
             .env("AWS_MAX_ATTEMPTS", "1")
+            // v2 pages its output through less otherwise.
+            .env("AWS_PAGER", "")
             .env_remove("AWS_PROFILE")
             .env_remove("AWS_SESSION_TOKEN");
         cmd.output()
-            .expect("run the aws CLI; install it with `pip install awscli`")
+            .unwrap_or_else(|e| panic!("run {AWS_CLI}: {e}; scripts/setup installs it (awscli)"))
     }
 
     /// Runs an aws command that must succeed and returns its JSON output.

@@ -109,28 +109,39 @@ impl Stack {
     }
 
     pub fn command(&self, program: &Path) -> Command {
+        // Keep the aws CLI off the machine's own profiles and from retrying; timestamps as
+        // the hub sent them (epoch seconds; v2 prints ISO 8601 by default).
+        let config = self.dir.join("aws-config");
+        std::fs::write(&config, "[default]\ncli_timestamp_format = wire\n")
+            .expect("write aws config");
         let mut cmd = Command::new(program);
         cmd.envs(&self.env)
-            // Keep the aws CLI off the machine's own profiles and from retrying.
-            .env("AWS_CONFIG_FILE", self.dir.join("no-aws-config"))
+            .env("AWS_CONFIG_FILE", config)
             .env(
                 "AWS_SHARED_CREDENTIALS_FILE",
                 self.dir.join("no-aws-credentials"),
             )
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("AWS_MAX_ATTEMPTS", "1")
+            .env("AWS_PAGER", "")
             .env_remove("AWS_PROFILE");
         cmd
+    }
+
+    /// The aws CLI hub-up wrote for this hub: Debian's (scripts/setup) with the hub's
+    /// endpoint, whatever else PATH holds.
+    fn aws_cli(&self) -> Command {
+        self.command(&self.dir.join("bin/aws"))
     }
 
     /// Runs an aws command that must succeed; returns its JSON (Null when it prints none).
     pub fn aws(&self, args: &[&str]) -> Value {
         let out = self
-            .command(Path::new("aws"))
+            .aws_cli()
             .args(["--output", "json"])
             .args(args)
             .output()
-            .expect("run the aws CLI");
+            .expect("run DIR/bin/aws, which hub-up writes");
         assert!(
             out.status.success(),
             "aws {args:?} failed: {}\nhub log:\n{}",
@@ -146,10 +157,10 @@ impl Stack {
     /// Runs an aws command that must fail; returns what it printed on stderr.
     pub fn aws_fails(&self, args: &[&str]) -> String {
         let out = self
-            .command(Path::new("aws"))
+            .aws_cli()
             .args(args)
             .output()
-            .expect("run the aws CLI");
+            .expect("run DIR/bin/aws, which hub-up writes");
         assert!(!out.status.success(), "aws {args:?} succeeded");
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
