@@ -98,7 +98,8 @@ impl Hub {
         self.call(Service::Skerry, operation, input).await
     }
 
-    async fn call(
+    /// Any operation of `service`, for `skerry call`.
+    pub async fn call(
         &self,
         service: Service,
         operation: &str,

@@ -68,6 +68,35 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Call one of the hub's operations with a JSON input and print its JSON answer: for
+    /// fields the installed aws CLI does not know yet (Debian 12's aws CLI 2.9 predates
+    /// `restartPolicy`), e.g. `skerry call ecs RegisterTaskDefinition --input taskdef.json`.
+    Call {
+        service: ApiService,
+        /// The operation's name as in the API reference: RegisterTaskDefinition, RunTask…
+        operation: String,
+        /// A file with the input JSON (an object), `-` for standard input; default `{}`.
+        #[arg(long)]
+        input: Option<PathBuf>,
+    },
+}
+
+/// The hub's APIs, by the aws CLI's name for them.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ApiService {
+    Ecs,
+    Ssm,
+    Skerry,
+}
+
+impl From<ApiService> for skerry_aws_json::Service {
+    fn from(s: ApiService) -> Self {
+        match s {
+            ApiService::Ecs => Self::Ecs,
+            ApiService::Ssm => Self::Ssm,
+            ApiService::Skerry => Self::Skerry,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -339,5 +368,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let table = views::services_table(&items);
             print(json, &items, table, &format!("no services in {cluster}"))
         }
+        Cmd::Call {
+            service,
+            operation,
+            input,
+        } => {
+            let input = match input {
+                Some(path) => read_input(&path)?,
+                None => Value::Object(Default::default()),
+            };
+            let out = hub.call(service.into(), &operation, &input).await?;
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(())
+        }
     }
+}
+
+/// The input of `skerry call`: a JSON object from a file or, for `-`, standard input.
+fn read_input(path: &std::path::Path) -> anyhow::Result<Value> {
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading the input from stdin")?
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    let value: Value = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: not JSON; give the operation's input as a JSON object",
+            path.display()
+        )
+    })?;
+    anyhow::ensure!(
+        value.is_object(),
+        "{}: the input must be a JSON object, like the aws CLI's --cli-input-json",
+        path.display()
+    );
+    Ok(value)
 }

@@ -582,11 +582,13 @@ fn qemu_device_registers_runs_tasks_and_survives_link_loss_and_reboot() {
     });
     let taskdef_file = dir.path().join("taskdef.json");
     std::fs::write(&taskdef_file, taskdef.to_string()).expect("write");
-    hub.aws(&[
+    // `skerry call`: Debian's aws CLI 2.9 does not know `restartPolicy`.
+    hub.skerry_ok(&[
+        "call",
         "ecs",
-        "register-task-definition",
-        "--cli-input-json",
-        &format!("file://{}", taskdef_file.display()),
+        "RegisterTaskDefinition",
+        "--input",
+        &taskdef_file.to_string_lossy(),
     ]);
     let out = hub.aws(&[
         "ecs",

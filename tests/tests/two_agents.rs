@@ -444,3 +444,66 @@ fn two_agents_register_run_tasks_and_a_service_and_survive_restarts() {
     b.stop();
     stack.down();
 }
+
+/// `skerry call` sends what the installed aws CLI cannot: Debian 12's aws CLI 2.9 refuses
+/// `restartPolicy` in its own parameter check, before any request.
+#[test]
+fn skerry_call_sends_fields_the_aws_cli_does_not_know() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let stack = Stack::up(&tmp.path().join("hub"), &[]);
+    let def = json!({
+        "family": "restarts",
+        "containerDefinitions": [{"name": "app", "image": "busybox", "memory": 32,
+            "restartPolicy": {"enabled": true, "ignoredExitCodes": [7],
+                              "restartAttemptPeriod": 60}}]
+    });
+    let file = tmp.path().join("taskdef.json");
+    std::fs::write(&file, def.to_string()).expect("write taskdef");
+    let file = file.to_str().expect("utf-8 path");
+
+    let err = stack.aws_fails(&[
+        "ecs",
+        "register-task-definition",
+        "--cli-input-json",
+        &format!("file://{file}"),
+    ]);
+    assert!(err.contains("restartPolicy"), "{err}");
+
+    let out = stack.skerry_ok(&["call", "ecs", "RegisterTaskDefinition", "--input", file]);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("skerry call prints JSON");
+    assert_eq!(v["taskDefinition"]["revision"], 1, "{v:#}");
+    let input = tmp.path().join("describe.json");
+    std::fs::write(&input, r#"{"taskDefinition": "restarts:1"}"#).expect("write input");
+    let out = stack.skerry_ok(&[
+        "call",
+        "ecs",
+        "DescribeTaskDefinition",
+        "--input",
+        input.to_str().expect("utf-8 path"),
+    ]);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("skerry call prints JSON");
+    let policy = &v["taskDefinition"]["containerDefinitions"][0]["restartPolicy"];
+    assert_eq!(policy["ignoredExitCodes"], json!([7]), "{v:#}");
+
+    // The hub's refusal comes through with its code; a bad input names the file.
+    let out = stack.skerry(&["call", "ecs", "LaunchRockets"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("LaunchRockets"),
+        "{err}"
+    );
+    std::fs::write(&input, "[1, 2]").expect("write input");
+    let out = stack.skerry(&[
+        "call",
+        "ecs",
+        "ListClusters",
+        "--input",
+        &input.to_string_lossy(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("describe.json") && err.contains("JSON object"),
+        "{err}"
+    );
+    stack.down();
+}
