@@ -146,6 +146,11 @@ impl Devices {
 }
 
 /// The hub's clock, as its link passes it to `ingest` (device clocks are the devices' own).
+/// An aws command line's words: `w("ecs list-tasks --cluster edge")`.
+fn w(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
 fn hub_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -162,7 +167,7 @@ fn strings(v: &Value) -> Vec<String> {
 }
 
 fn setup(hub: &Hub) {
-    hub.ok(&["ecs", "create-cluster", "--cluster-name", "edge"]);
+    hub.ok(&w("ecs create-cluster --cluster-name edge"));
     hub.ok(&[
         "ecs",
         "register-task-definition",
@@ -220,20 +225,7 @@ fn run_task_spreads_and_device_reports_show_in_describe_tasks() {
     let (a, a_arn) = dev.add("edge", 1, 2048, 1024);
     let (b, b_arn) = dev.add("edge", 2, 2048, 1024);
 
-    let out = hub.ok(&[
-        "ecs",
-        "run-task",
-        "--cluster",
-        "edge",
-        "--task-definition",
-        "web",
-        "--count",
-        "2",
-        "--started-by",
-        "ci",
-        "--launch-type",
-        "EXTERNAL",
-    ]);
+    let out = hub.ok(&w("ecs run-task --cluster edge --task-definition web --count 2 --started-by ci --launch-type EXTERNAL"));
     assert_eq!(out["failures"], json!([]), "{out}");
     let tasks = out["tasks"].as_array().expect("tasks");
     assert_eq!(tasks.len(), 2);
@@ -320,7 +312,7 @@ fn run_task_spreads_and_device_reports_show_in_describe_tasks() {
     assert_eq!(list_tasks(&hub, &["--page-size", "1"]).len(), 2);
 
     let listed = strings(
-        &hub.ok(&["ecs", "list-container-instances", "--cluster", "edge"])["containerInstanceArns"],
+        &hub.ok(&w("ecs list-container-instances --cluster edge"))["containerInstanceArns"],
     );
     assert_eq!(listed, [a_arn.clone(), b_arn.clone()]);
     let described = describe_instances(&hub, &[&a_arn, &b]);
@@ -411,27 +403,13 @@ fn run_task_spreads_and_device_reports_show_in_describe_tasks() {
         "--container-definitions",
         r#"[{"name":"big","image":"busybox","memory":4000}]"#,
     ]);
-    let out = hub.ok(&[
-        "ecs",
-        "run-task",
-        "--cluster",
-        "edge",
-        "--task-definition",
-        "big",
-    ]);
+    let out = hub.ok(&w("ecs run-task --cluster edge --task-definition big"));
     assert_eq!(out["tasks"], json!([]));
     assert_eq!(out["failures"][0]["reason"], "RESOURCE:MEMORY", "{out}");
     // Ten more fit, spread five and five: a has its room back since its task stopped.
-    let out = hub.ok(&[
-        "ecs",
-        "run-task",
-        "--cluster",
-        "edge",
-        "--task-definition",
-        "web",
-        "--count",
-        "10",
-    ]);
+    let out = hub.ok(&w(
+        "ecs run-task --cluster edge --task-definition web --count 10",
+    ));
     let placed = out["tasks"].as_array().expect("tasks");
     assert_eq!(placed.len(), 10, "{out}");
     let on_a = placed
@@ -443,16 +421,9 @@ fn run_task_spreads_and_device_reports_show_in_describe_tasks() {
         "b had one of the group already: 6 and 5 is the spread: {out}"
     );
 
-    let err = hub.fails(&[
-        "ecs",
-        "run-task",
-        "--cluster",
-        "edge",
-        "--task-definition",
-        "web",
-        "--count",
-        "11",
-    ]);
+    let err = hub.fails(&w(
+        "ecs run-task --cluster edge --task-definition web --count 11",
+    ));
     assert!(
         err.contains("(InvalidParameterException)") && err.contains("count 11"),
         "{err}"
@@ -471,16 +442,9 @@ fn run_task_spreads_and_device_reports_show_in_describe_tasks() {
         err.contains("(InvalidParameterException)") && err.contains("overrides"),
         "{err}"
     );
-    let err = hub.fails(&[
-        "ecs",
-        "run-task",
-        "--cluster",
-        "edge",
-        "--task-definition",
-        "web",
-        "--launch-type",
-        "FARGATE",
-    ]);
+    let err = hub.fails(&w(
+        "ecs run-task --cluster edge --task-definition web --launch-type FARGATE",
+    ));
     assert!(err.contains("launchType FARGATE"), "{err}");
     hub.stop();
 }
@@ -494,20 +458,7 @@ fn services_spread_replace_scale_and_delete() {
     let (a, a_arn) = dev.add("edge", 1, 4096, 4096);
     let (b, b_arn) = dev.add("edge", 2, 4096, 4096);
 
-    let created = hub.ok(&[
-        "ecs",
-        "create-service",
-        "--cluster",
-        "edge",
-        "--service-name",
-        "site",
-        "--task-definition",
-        "web:1",
-        "--desired-count",
-        "3",
-        "--launch-type",
-        "EXTERNAL",
-    ]);
+    let created = hub.ok(&w("ecs create-service --cluster edge --service-name site --task-definition web:1 --desired-count 3 --launch-type EXTERNAL"));
     let s = &created["service"];
     assert_eq!(
         s["serviceArn"],
@@ -551,14 +502,7 @@ fn services_spread_replace_scale_and_delete() {
     for t in &tasks {
         dev.report(&where_is(t), t, TaskStatus::Running);
     }
-    let s = &hub.ok(&[
-        "ecs",
-        "describe-services",
-        "--cluster",
-        "edge",
-        "--services",
-        "site",
-    ])["services"][0];
+    let s = &hub.ok(&w("ecs describe-services --cluster edge --services site"))["services"][0];
     assert_eq!(
         (s["runningCount"].as_i64(), s["pendingCount"].as_i64()),
         (Some(3), Some(0))
@@ -577,14 +521,7 @@ fn services_spread_replace_scale_and_delete() {
         .cloned()
         .collect();
     assert_eq!(fresh.len(), 1);
-    let events = hub.ok(&[
-        "ecs",
-        "describe-services",
-        "--cluster",
-        "edge",
-        "--services",
-        "site",
-    ]);
+    let events = hub.ok(&w("ecs describe-services --cluster edge --services site"));
     let messages: Vec<String> = events["services"][0]["events"]
         .as_array()
         .expect("events")
@@ -603,16 +540,9 @@ fn services_spread_replace_scale_and_delete() {
     );
 
     // Scale to 1: the two newest stop; the oldest stays.
-    let updated = hub.ok(&[
-        "ecs",
-        "update-service",
-        "--cluster",
-        "edge",
-        "--service",
-        "site",
-        "--desired-count",
-        "1",
-    ]);
+    let updated = hub.ok(&w(
+        "ecs update-service --cluster edge --service site --desired-count 1",
+    ));
     assert_eq!(updated["service"]["desiredCount"], 1);
     let kept = list_tasks(&hub, &["--service-name", "site"]);
     assert_eq!(kept, [tasks[1].clone()]);
@@ -638,16 +568,9 @@ fn services_spread_replace_scale_and_delete() {
         "--container-definitions",
         CONTAINERS,
     ]);
-    let rolled = hub.ok(&[
-        "ecs",
-        "update-service",
-        "--cluster",
-        "edge",
-        "--service",
-        "site",
-        "--task-definition",
-        "web:2",
-    ]);
+    let rolled = hub.ok(&w(
+        "ecs update-service --cluster edge --service site --task-definition web:2",
+    ));
     assert_eq!(
         rolled["service"]["deployments"].as_array().map(Vec::len),
         Some(2),
@@ -671,34 +594,21 @@ fn services_spread_replace_scale_and_delete() {
         (list_tasks(&hub, &["--service-name", "site"]) == std::slice::from_ref(&new)).then_some(())
     });
 
-    let err = hub.fails(&[
-        "ecs",
-        "delete-service",
-        "--cluster",
-        "edge",
-        "--service",
-        "site",
-    ]);
+    let err = hub.fails(&w("ecs delete-service --cluster edge --service site"));
     assert!(
         err.contains("(InvalidParameterException)") && err.contains("scaled above 0"),
         "{err}"
     );
-    let deleted = hub.ok(&[
-        "ecs",
-        "delete-service",
-        "--cluster",
-        "edge",
-        "--service",
-        "site",
-        "--force",
-    ]);
+    let deleted = hub.ok(&w(
+        "ecs delete-service --cluster edge --service site --force",
+    ));
     assert_eq!(deleted["service"]["status"], "DRAINING");
     assert_eq!(
         list_tasks(&hub, &["--service-name", "site"]),
         Vec::<String>::new()
     );
     assert_eq!(
-        strings(&hub.ok(&["ecs", "list-services", "--cluster", "edge"])["serviceArns"]).len(),
+        strings(&hub.ok(&w("ecs list-services --cluster edge"))["serviceArns"]).len(),
         1
     );
     // INACTIVE once the devices report every task of it STOPPED (seen on the loop's next
@@ -719,46 +629,19 @@ fn services_spread_replace_scale_and_delete() {
         }
     }
     std::thread::sleep(Duration::from_millis(1500));
-    let s = hub.ok(&[
-        "ecs",
-        "describe-services",
-        "--cluster",
-        "edge",
-        "--services",
-        "site",
-    ]);
+    let s = hub.ok(&w("ecs describe-services --cluster edge --services site"));
     assert_eq!(
         s["services"][0]["status"], "DRAINING",
         "a task is still running"
     );
     dev.report(new_instance, &new, TaskStatus::Stopped);
     eventually("the service to turn INACTIVE", WAIT, || {
-        let s = hub.ok(&[
-            "ecs",
-            "describe-services",
-            "--cluster",
-            "edge",
-            "--services",
-            "site",
-        ]);
+        let s = hub.ok(&w("ecs describe-services --cluster edge --services site"));
         (s["services"][0]["status"] == "INACTIVE").then_some(())
     });
-    assert!(
-        strings(&hub.ok(&["ecs", "list-services", "--cluster", "edge"])["serviceArns"]).is_empty()
-    );
+    assert!(strings(&hub.ok(&w("ecs list-services --cluster edge"))["serviceArns"]).is_empty());
     // Its name is free again.
-    hub.ok(&[
-        "ecs",
-        "create-service",
-        "--cluster",
-        "edge",
-        "--service-name",
-        "site",
-        "--task-definition",
-        "web",
-        "--desired-count",
-        "0",
-    ]);
+    hub.ok(&w("ecs create-service --cluster edge --service-name site --task-definition web --desired-count 0"));
     hub.stop();
 }
 
@@ -768,141 +651,82 @@ fn unknown_things_get_ecs_errors_that_name_them() {
     let hub = Hub::start(tmp.path());
     setup(&hub);
 
-    let err = hub.fails(&[
-        "ecs",
-        "run-task",
-        "--cluster",
-        "nope",
-        "--task-definition",
-        "web",
+    // Each refusal: the command, the ECS error code, and what the message must name.
+    let refused = |table: &[(&str, &str, &str)]| {
+        for (line, code, names) in table {
+            let err = hub.fails(&w(line));
+            assert!(
+                err.contains(&format!("({code})")) && err.contains(names),
+                "{line}: {err}"
+            );
+        }
+    };
+    refused(&[
+        (
+            "ecs run-task --cluster nope --task-definition web",
+            "ClusterNotFoundException",
+            "nope",
+        ),
+        (
+            "ecs list-tasks --cluster nope",
+            "ClusterNotFoundException",
+            "nope",
+        ),
+        // No instance to run on.
+        (
+            "ecs run-task --cluster edge --task-definition web",
+            "InvalidParameterException",
+            "No Container Instances",
+        ),
     ]);
-    assert!(
-        err.contains("(ClusterNotFoundException)") && err.contains("nope"),
-        "{err}"
-    );
-    let err = hub.fails(&["ecs", "list-tasks", "--cluster", "nope"]);
-    assert!(err.contains("(ClusterNotFoundException)"), "{err}");
-    // No instance to run on.
-    let err = hub.fails(&[
-        "ecs",
-        "run-task",
-        "--cluster",
-        "edge",
-        "--task-definition",
-        "web",
-    ]);
-    assert!(
-        err.contains("(InvalidParameterException)") && err.contains("No Container Instances"),
-        "{err}"
-    );
 
     let dev = Devices::open(&hub);
     dev.add("edge", 1, 1024, 1024);
-    let err = hub.fails(&[
-        "ecs",
-        "run-task",
-        "--cluster",
-        "edge",
-        "--task-definition",
-        "web:9",
-    ]);
-    assert!(
-        err.contains("(InvalidParameterException)") && err.contains("web:9"),
-        "{err}"
-    );
-    hub.ok(&[
-        "ecs",
-        "deregister-task-definition",
-        "--task-definition",
-        "web:1",
-    ]);
-    let err = hub.fails(&[
-        "ecs",
-        "run-task",
-        "--cluster",
-        "edge",
-        "--task-definition",
-        "web:1",
-    ]);
-    assert!(err.contains("inactive"), "{err}");
-
-    for args in [
-        &[
-            "ecs",
-            "update-service",
-            "--cluster",
-            "edge",
-            "--service",
+    hub.ok(&w("ecs deregister-task-definition --task-definition web:1"));
+    refused(&[
+        (
+            "ecs run-task --cluster edge --task-definition web:9",
+            "InvalidParameterException",
+            "web:9",
+        ),
+        (
+            "ecs run-task --cluster edge --task-definition web:1",
+            "InvalidParameterException",
+            "inactive",
+        ),
+        (
+            "ecs update-service --cluster edge --service ghost --desired-count 1",
+            "ServiceNotFoundException",
             "ghost",
-            "--desired-count",
-            "1",
-        ][..],
-        &[
-            "ecs",
-            "delete-service",
-            "--cluster",
-            "edge",
-            "--service",
+        ),
+        (
+            "ecs delete-service --cluster edge --service ghost",
+            "ServiceNotFoundException",
             "ghost",
-        ][..],
-        &[
-            "ecs",
-            "list-tasks",
-            "--cluster",
-            "edge",
-            "--service-name",
+        ),
+        (
+            "ecs list-tasks --cluster edge --service-name ghost",
+            "ServiceNotFoundException",
             "ghost",
-        ][..],
-    ] {
-        let err = hub.fails(args);
-        assert!(
-            err.contains("(ServiceNotFoundException)") && err.contains("ghost"),
-            "{args:?}: {err}"
-        );
-    }
-    let d = hub.ok(&[
-        "ecs",
-        "describe-services",
-        "--cluster",
-        "edge",
-        "--services",
-        "ghost",
+        ),
+        (
+            "ecs stop-task --cluster edge --task 0123456789abcdef",
+            "InvalidParameterException",
+            "0123456789abcdef",
+        ),
     ]);
+    let d = hub.ok(&w("ecs describe-services --cluster edge --services ghost"));
     assert_eq!(d["failures"][0]["reason"], "MISSING");
     assert_eq!(
         d["failures"][0]["arn"],
         format!("arn:aws:ecs:{REGION}:{ACCOUNT}:service/edge/ghost")
     );
 
-    let err = hub.fails(&[
-        "ecs",
-        "stop-task",
-        "--cluster",
-        "edge",
-        "--task",
-        "0123456789abcdef",
-    ]);
-    assert!(
-        err.contains("(InvalidParameterException)") && err.contains("0123456789abcdef"),
-        "{err}"
-    );
-    let d = hub.ok(&[
-        "ecs",
-        "describe-tasks",
-        "--cluster",
-        "edge",
-        "--tasks",
-        "0123456789abcdef",
-    ]);
+    let d = hub.ok(&w(
+        "ecs describe-tasks --cluster edge --tasks 0123456789abcdef",
+    ));
     assert_eq!(d["failures"][0]["reason"], "MISSING");
-    let d = hub.ok(&[
-        "ecs",
-        "describe-container-instances",
-        "--cluster",
-        "edge",
-        "--container-instances",
-        "mi-00000000000000099",
-    ]);
+    let d = hub.ok(&w("ecs describe-container-instances --cluster edge --container-instances mi-00000000000000099"));
     assert_eq!(d["failures"][0]["reason"], "MISSING");
     let err = hub.fails(&[
         "ecs", "create-service", "--cluster", "edge", "--service-name", "s", "--task-definition", "web",
@@ -921,26 +745,8 @@ fn state_survives_a_restart_and_deregistration_moves_service_tasks() {
     let dev = Devices::open(&hub);
     let (a, a_arn) = dev.add("edge", 1, 4096, 4096);
     let (b, b_arn) = dev.add("edge", 2, 4096, 4096);
-    hub.ok(&[
-        "ecs",
-        "create-service",
-        "--cluster",
-        "edge",
-        "--service-name",
-        "site",
-        "--task-definition",
-        "web",
-        "--desired-count",
-        "2",
-    ]);
-    let run = hub.ok(&[
-        "ecs",
-        "run-task",
-        "--cluster",
-        "edge",
-        "--task-definition",
-        "web",
-    ]);
+    hub.ok(&w("ecs create-service --cluster edge --service-name site --task-definition web --desired-count 2"));
+    let run = hub.ok(&w("ecs run-task --cluster edge --task-definition web"));
     let single = run["tasks"][0]["taskArn"]
         .as_str()
         .expect("arn")
@@ -955,14 +761,7 @@ fn state_survives_a_restart_and_deregistration_moves_service_tasks() {
     let hub = Hub::start(tmp.path());
     assert_eq!(list_tasks(&hub, &[]), before_tasks);
     assert_eq!(describe_tasks(&hub, &before_tasks), before);
-    let s = &hub.ok(&[
-        "ecs",
-        "describe-services",
-        "--cluster",
-        "edge",
-        "--services",
-        "site",
-    ])["services"][0];
+    let s = &hub.ok(&w("ecs describe-services --cluster edge --services site"))["services"][0];
     assert_eq!(
         (
             s["status"].as_str(),
@@ -1013,21 +812,15 @@ fn state_survives_a_restart_and_deregistration_moves_service_tasks() {
     );
     assert_eq!(
         strings(
-            &hub.ok(&["ecs", "list-container-instances", "--cluster", "edge"])
-                ["containerInstanceArns"]
+            &hub.ok(&w("ecs list-container-instances --cluster edge"))["containerInstanceArns"]
         ),
         std::slice::from_ref(&b_arn)
     );
     assert_eq!(
         strings(
-            &hub.ok(&[
-                "ecs",
-                "list-container-instances",
-                "--cluster",
-                "edge",
-                "--status",
-                "ACTIVE"
-            ])["containerInstanceArns"]
+            &hub.ok(&w(
+                "ecs list-container-instances --cluster edge --status ACTIVE"
+            ))["containerInstanceArns"]
         ),
         std::slice::from_ref(&b_arn)
     );
