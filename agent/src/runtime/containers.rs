@@ -220,13 +220,14 @@ impl Containerd {
                 ProcessState::Absent => {}
             }
             match self.create_process(id, stdio).await {
-                // A Create from an agent killed mid-call may still be in flight in
-                // containerd (its bundle exists, the task not yet): wait for it to land,
-                // then replace it.
+                // A Create abandoned by `start`'s deadline or from an agent killed
+                // mid-call may still be in flight in containerd: its bundle exists and the
+                // task not yet, or its clean-up removes the bundle under this Create
+                // ("failed to start shim: open .../config.json: no such file or
+                // directory", seen on a loaded device right after a boot). Wait for it to
+                // settle, then replace it.
                 Err(ContainerError::Rpc { status, .. })
-                    if attempt < CREATE_ATTEMPTS
-                        && (status.code() == Code::AlreadyExists
-                            || status.message().contains("file exists")) =>
+                    if attempt < CREATE_ATTEMPTS && create_raced(&status) =>
                 {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
@@ -487,5 +488,42 @@ impl Runtime for Containerd {
         paths: &[&str],
     ) -> Result<Vec<Option<String>>, ViewError> {
         self.read_image_files(chain_id, paths).await
+    }
+}
+
+/// Whether a failed Create met another Create of the same container still in flight.
+fn create_raced(status: &tonic::Status) -> bool {
+    let message = status.message();
+    status.code() == Code::AlreadyExists
+        || message.contains("file exists")
+        || (message.contains("failed to start shim")
+            && message.contains("no such file or directory"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_create_racing_an_abandoned_one_is_retried_and_nothing_else_is() {
+        let raced = [
+            tonic::Status::already_exists("task web: already exists"),
+            tonic::Status::unknown("mkdir /run/containerd/x/web: file exists"),
+            tonic::Status::unknown(
+                "failed to start shim: open /run/containerd/io.containerd.runtime.v2.task/\
+                 skerry/web/config.json: no such file or directory",
+            ),
+        ];
+        for s in &raced {
+            assert!(create_raced(s), "{s:?}");
+        }
+        let real = [
+            tonic::Status::unknown("failed to start shim: exec: \"runc\": not found"),
+            tonic::Status::not_found("container web: not found"),
+            tonic::Status::unknown("open /etc/x: no such file or directory"),
+        ];
+        for s in &real {
+            assert!(!create_raced(s), "{s:?}");
+        }
     }
 }
