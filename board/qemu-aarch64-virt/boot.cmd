@@ -8,7 +8,7 @@
 # copy 1 at sector 2048, copy 2 at sector 2176, 8 sectors each. It is written
 # copy 1 then copy 2 and read copy 1 first, so a power cut during either write
 # leaves one whole copy (the new state or the one before). The agent reads and
-# writes the same two copies (agent/src/boot): it resets the running slot's
+# writes the same two copies (the agent's os::boot): it resets the running slot's
 # count once the device is healthy, and reads the fallback from BOOT_ORDER.
 # Each boot takes one try from the first slot in BOOT_ORDER that has tries
 # left; a slot whose tries are spent is skipped, so three failed boots of a new
