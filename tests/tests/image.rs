@@ -24,7 +24,7 @@
 //! - rebooted from its console with the link down, the device runs its task again without
 //!   the hub, and the hub sees it RUNNING once the link is back.
 //!
-//! Needs qemu-system-arm, mtools, genimage, squashfs-tools, kmod, cpio, xz-utils,
+//! Needs qemu-system-arm, u-boot-qemu, u-boot-tools, mtools, genimage, squashfs-tools, kmod, cpio, xz-utils,
 //! busybox-static, mosquitto and the aws CLI (scripts/setup), the test environment's
 //! registry (`scripts/test-env`: $SKERRY_TEST_REGISTRY, with its arm64 busybox), and the
 //! Debian mirror or a filled package cache ($SKERRY_IMAGE_CACHE, default
