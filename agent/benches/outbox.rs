@@ -21,6 +21,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use skerry_agent::identity::{Identity, IdentityMeta};
 use skerry_agent::link::{mqtt, DeviceState, Outbound};
+use skerry_agent::os::Os;
 use skerry_agent::outbox::{Class, Outbox, OutboxConfig, OutboxStats};
 use skerry_proto::link::{Envelope, EventKind, Message};
 use skerry_proto::status::TaskReport;
@@ -379,7 +380,15 @@ async fn drain_into_broker(broker: &BrokerEnv, dir: &Path) -> Drain {
             (acked, after, io_after, seen)
         })
     };
-    mqtt::run(broker.device_identity(), out, &NoTasks, desired, stop).await;
+    mqtt::run(
+        broker.device_identity(),
+        &Os::default(),
+        out,
+        &NoTasks,
+        desired,
+        stop,
+    )
+    .await;
     let (acked, after, io_after, seen) = watcher.await.expect("watcher");
     let _ = hub.disconnect().await;
     ob.close().await;

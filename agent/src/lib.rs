@@ -22,6 +22,8 @@
 //! - `backoff`: exponential backoff with jitter, for registration and the broker link.
 //! - `bootstrap`: a first boot without network: preloaded images, the bootstrap document.
 //! - `watchdog`: feeds the hardware watchdog while the reconciler answers.
+//! - `os`: the OS slot and version the device booted, the card's boot state, and
+//!   committing the slot once the device is healthy.
 
 pub mod backoff;
 pub mod bootstrap;
@@ -34,6 +36,7 @@ pub mod init;
 pub mod link;
 pub mod logs;
 pub mod network;
+pub mod os;
 pub mod outbox;
 pub mod provision;
 pub mod reconcile;

@@ -11,11 +11,13 @@ use skerry_agent::control::{self, Request};
 use skerry_agent::image::{ImageConfig, ImageStore};
 use skerry_agent::link::Link;
 use skerry_agent::network::{Network, NetworkConfig};
+use skerry_agent::outbox::Class;
 use skerry_agent::reconcile::Reconciler;
 use skerry_agent::runtime::Containerd;
 use skerry_agent::store::Store;
+use skerry_proto::link::{EventKind, Message};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use tracing_subscriber::filter::Targets;
 
 /// sysexits' EX_CONFIG: the configuration is unusable.
@@ -214,6 +216,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     });
     let shutdown = CancellationToken::new();
     let cfg = Arc::new(cfg);
+    let containerd = cd.clone();
     let (reconciler, handle) = Reconciler::new(
         cfg.clone(),
         cd,
@@ -247,6 +250,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             Err(e) => error!("{e}; starting without it"),
         }
     }
+    let committing = os_slot(link.as_ref(), containerd, &handle, &shutdown).await;
     let watchdog = cfg.watchdog.clone().map(|path| {
         let handle = handle.clone();
         let stop = shutdown.clone();
@@ -267,6 +271,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = reconciling.await;
     if let Some(watchdog) = watchdog {
         let _ = watchdog.await;
+    }
+    if let Some(committing) = committing {
+        let _ = committing.await;
     }
     link_stop.cancel();
     if let Some(linking) = linking {
@@ -487,4 +494,53 @@ async fn logs(
     use std::io::Write;
     std::io::stdout().write_all(&text)?;
     Ok(())
+}
+
+/// On a card booted through U-Boot's A/B script: reports a rollback the boot loader made
+/// (through the hub link, when there is one) and starts committing the booted slot once
+/// the device is healthy. Nothing off a card.
+async fn os_slot(
+    link: Option<&Link>,
+    containerd: Containerd,
+    handle: &skerry_agent::reconcile::Handle,
+    stop: &CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    use skerry_agent::os::{boot, commit, Os};
+    let os = Os::read();
+    let slot = os.slot?;
+    info!(slot = %slot, version = os.version.as_deref().unwrap_or("unknown"), "booted OS slot");
+    let disk = match boot::root_disk() {
+        Ok(d) => d,
+        Err(e) => {
+            warn!("cannot find the card's disk, so the OS slot will not be committed: {e}");
+            return None;
+        }
+    };
+    match boot::read(&disk) {
+        Ok(state) => {
+            if let Some(why) = commit::rollback(slot, &state) {
+                warn!(slot = %slot, "{why}");
+                if let Some(link) = link {
+                    let message = Message::Event {
+                        kind: EventKind::OsRolledBack,
+                        task_arn: None,
+                        container: None,
+                        message: why,
+                    };
+                    let class = Class::Event { key: "os".into() };
+                    if let Err(e) = link.outbound().append(class, message).await {
+                        warn!("cannot record the OS rollback: {e}");
+                    }
+                }
+            }
+        }
+        Err(e) => warn!("{e}"),
+    }
+    Some(tokio::spawn(commit::run(
+        slot,
+        disk,
+        containerd,
+        handle.clone(),
+        stop.clone(),
+    )))
 }

@@ -16,10 +16,14 @@ if [ -d "$BINARIES/rpi-firmware" ]; then
 	if [ ! -e "$BINARIES/initrd.img" ]; then
 		sed -i '/^initramfs /d' "$BINARIES/rpi-firmware/config.txt"
 	fi
-else
-	# QEMU: the kernel command line sits next to the kernel, for the runner.
-	cp "$BOARD_DIR/cmdline.txt" "$BINARIES/cmdline.txt"
 fi
+if [ -f "$BOARD_DIR/boot.cmd" ]; then
+	# U-Boot boards: the A/B boot script (host-uboot-tools' mkimage).
+	"$HOST_DIR/bin/mkimage" -A arm64 -O linux -T script -C none \
+		-n "Skerry A/B boot" -d "$BOARD_DIR/boot.cmd" "$BINARIES/boot.scr"
+fi
+# Slot B's boot partition, empty until an update writes it.
+echo "Slot B: empty until an over-the-air update writes it." >"$BINARIES/EMPTY.TXT"
 
 # genimage copies its root path; an empty one, as it only assembles images.
 ROOTPATH=$(mktemp -d)

@@ -166,6 +166,10 @@ enum ImageCmd {
         /// qemu-aarch64-virt, raspberrypi4-64, raspberrypi3-64…
         #[arg(long)]
         board: String,
+        /// The OS version written into the image, reported by the device as its
+        /// skerry.os.version attribute; default: the source tree's git describe.
+        #[arg(long)]
+        version: Option<String>,
         /// Where sdcard.img and sdcard.img.xz go.
         #[arg(long, default_value = "out/image")]
         out: PathBuf,
@@ -250,6 +254,7 @@ fn image(cmd: ImageCmd) -> anyhow::Result<()> {
         }
         ImageCmd::Build {
             board,
+            version,
             out,
             agent,
             cache,
@@ -266,6 +271,7 @@ fn image(cmd: ImageCmd) -> anyhow::Result<()> {
                 &source,
                 &build::Build {
                     board,
+                    version,
                     out,
                     agent,
                     cache,

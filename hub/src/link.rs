@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 
 use crate::ca::{Ca, HUB_IDENTITY};
 use crate::config::BrokerUrl;
-use crate::device::{self, DeviceMessage, Ingested};
+use crate::device::{self, DeviceMessage, Ingested, OsReport};
 use crate::state::Hub;
 
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
@@ -224,11 +224,14 @@ fn parse(p: &Publish) -> Result<Option<(String, DeviceMessage)>, String> {
                 .map_err(|e| format!("not an envelope: {e}"))?,
         )),
         Channel::Presence if p.payload.is_empty() => return Ok(None),
-        Channel::Presence => DeviceMessage::Presence {
-            online: serde_json::from_slice::<Presence>(&p.payload)
-                .map_err(|e| format!("not a presence: {e}"))?
-                .online,
-        },
+        Channel::Presence => {
+            let presence = serde_json::from_slice::<Presence>(&p.payload)
+                .map_err(|e| format!("not a presence: {e}"))?;
+            DeviceMessage::Presence {
+                online: presence.online,
+                os: OsReport::from_presence(&presence),
+            }
+        }
         // The hub's own documents, if the broker ever echoed them.
         Channel::Desired => return Ok(None),
     };
@@ -376,5 +379,46 @@ mod tests {
             b = next;
         }
         assert!(b >= MAX_BACKOFF.mul_f64(0.75));
+    }
+
+    #[test]
+    fn presence_carries_the_os_and_what_is_not_valid_is_left_out() {
+        let topic = link::topic("mi-0123456789abcdef0", Channel::Presence);
+        let parsed = |payload: &str| {
+            let p = Publish::new(&topic, QoS::AtLeastOnce, payload.as_bytes().to_vec());
+            parse(&p).expect("parse").expect("a message").1
+        };
+        assert_eq!(
+            parsed(r#"{"online":true,"osVersion":"2.1+g3e8","osSlot":"B"}"#),
+            DeviceMessage::Presence {
+                online: true,
+                os: OsReport {
+                    version: Some("2.1+g3e8".into()),
+                    slot: Some("B".into())
+                }
+            }
+        );
+        let long = "9".repeat(skerry_proto::link::OS_VERSION_MAX + 1);
+        for bad in [
+            format!(r#"{{"online":true,"osVersion":"{long}","osSlot":"C"}}"#),
+            r#"{"online":true,"osVersion":"1 <script>","osSlot":"a"}"#.to_string(),
+        ] {
+            assert_eq!(
+                parsed(&bad),
+                DeviceMessage::Presence {
+                    online: true,
+                    os: OsReport::default()
+                },
+                "{bad}"
+            );
+        }
+        // The last will says nothing of the OS.
+        assert_eq!(
+            parsed(r#"{"online":false}"#),
+            DeviceMessage::Presence {
+                online: false,
+                os: OsReport::default()
+            }
+        );
     }
 }

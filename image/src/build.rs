@@ -25,6 +25,8 @@ pub enum BuildError {
 #[derive(Debug, Clone)]
 pub struct Build {
     pub board: String,
+    /// The OS version written into the image; the script's default when `None`.
+    pub version: Option<String>,
     pub out: PathBuf,
     /// The static aarch64 agent; built with `scripts/build-agent aarch64` when `None`.
     pub agent: Option<PathBuf>,
@@ -73,6 +75,9 @@ pub fn run(source: &Path, build: &Build) -> Result<(), BuildError> {
         .arg(&build.out);
     if let Some(agent) = &build.agent {
         cmd.arg("--agent").arg(agent);
+    }
+    if let Some(version) = &build.version {
+        cmd.arg("--version").arg(version);
     }
     if let Some(cache) = &build.cache {
         cmd.arg("--cache").arg(cache);

@@ -44,12 +44,10 @@ fn card(dir: &Path) -> PathBuf {
         .arg("-r")
         .arg(board.join("common/boot/skerry"))
         .arg(&input));
-    std::fs::copy(
-        board.join("qemu-aarch64-virt/cmdline.txt"),
-        input.join("cmdline.txt"),
-    )
-    .expect("cmdline.txt");
+    // Stand-ins for the boot script and the kernel; slot B's placeholder.
+    std::fs::write(input.join("boot.scr"), vec![0x27; 512]).expect("boot.scr");
     std::fs::write(input.join("Image"), vec![0x5a; 4096]).expect("Image");
+    std::fs::write(input.join("EMPTY.TXT"), "empty\n").expect("EMPTY.TXT");
     run(Command::new("mksquashfs")
         .arg(board.join("common/rootfs-overlay"))
         .arg(input.join("rootfs.squashfs"))

@@ -157,6 +157,8 @@ pub enum EventKind {
     TaskReplaced,
     TaskFailedToStart,
     Registered,
+    /// The device booted the other OS slot because the one it preferred did not commit.
+    OsRolledBack,
     Other,
 }
 
@@ -182,6 +184,25 @@ pub struct Presence {
     pub online: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_version: Option<String>,
+    /// The OS version of the slot the device booted (the image build's `--version`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os_version: Option<String>,
+    /// The slot the device booted: `A` or `B`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os_slot: Option<String>,
+}
+
+/// The longest OS version accepted.
+pub const OS_VERSION_MAX: usize = 64;
+
+/// An OS version: 1 to [`OS_VERSION_MAX`] ASCII letters, digits and `.+-_~`, starting
+/// with a letter or a digit (what `skerry image build --version` accepts).
+pub fn valid_os_version(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= OS_VERSION_MAX
+        && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".+-_~".contains(c))
 }
 
 #[cfg(test)]

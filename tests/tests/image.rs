@@ -9,9 +9,14 @@
 //! reaches the host's loopback as 10.0.2.2. The first boot has no network at all (the NIC's
 //! link is off from power-on): the card's bootstrap document (`skerry image bootstrap`)
 //! runs its task from an arm64 image preloaded on the card (`skerry image preload`) under
-//! a name no registry serves. Then, with the link on, through the hub:
+//! a name no registry serves. The card boots through U-Boot with its boot state set as
+//! after an update to slot B that never committed (one try left): U-Boot tries B, finds
+//! no kernel, and falls back to A. Then, with the link on, through the hub:
 //! - the device registers and is connected in `ListContainerInstances`, and the hub takes
 //!   the bootstrap task on (its task definition is the hub's);
+//! - its attributes show the OS version it was built as and slot A; it reported the
+//!   rollback as an event, and committed slot A on the card once healthy (which U-Boot
+//!   reads on the next boot);
 //! - RunTask of an arm64 busybox task reaches RUNNING on it;
 //! - with the link cut through the QEMU monitor (`set_link n0 off`) a container crashes and
 //!   is restarted by its `restartPolicy`; the hub hears nothing until the link is back, then
@@ -19,7 +24,7 @@
 //! - rebooted from its console with the link down, the device runs its task again without
 //!   the hub, and the hub sees it RUNNING once the link is back.
 //!
-//! Needs qemu-system-arm, mtools, genimage, squashfs-tools, kmod, cpio, xz-utils,
+//! Needs qemu-system-arm, u-boot-qemu, u-boot-tools, mtools, genimage, squashfs-tools, kmod, cpio, xz-utils,
 //! busybox-static, mosquitto and the aws CLI (scripts/setup), the test environment's
 //! registry (`scripts/test-env`: $SKERRY_TEST_REGISTRY, with its arm64 busybox), and the
 //! Debian mirror or a filled package cache ($SKERRY_IMAGE_CACHE, default
@@ -40,11 +45,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use skerry_agent::os::boot::{BootState, TRIES};
+use skerry_agent::os::Slot;
 use stack::{repo, Stack};
 
 /// The guest's boot, from QEMU's start to the agent running, under TCG on a busy
 /// two-core machine.
 const BOOT: Duration = Duration::from_secs(240);
+/// The OS version the card is built as; the device reports it.
+const OS_VERSION: &str = "1.0-e2e";
 
 /// QEMU in its own process group, ended with the group when the test ends.
 struct Guest(Child);
@@ -311,7 +320,14 @@ fn qemu_device_registers_runs_tasks_and_survives_link_loss_and_reboot() {
     let out = dir.path().join("out");
     let mut build = Command::new(repo().join("scripts/image-build"));
     build
-        .args(["--board", "qemu-aarch64-virt", "--no-xz", "--out"])
+        .args([
+            "--board",
+            "qemu-aarch64-virt",
+            "--no-xz",
+            "--version",
+            OS_VERSION,
+        ])
+        .arg("--out")
         .arg(&out);
     if let Ok(agent) = std::env::var("SKERRY_AGENT_AARCH64") {
         build.arg("--agent").arg(agent);
@@ -411,6 +427,19 @@ fn qemu_device_registers_runs_tasks_and_survives_link_loss_and_reboot() {
         bootstrap_file.to_str().expect("utf-8 path"),
     ]);
 
+    // The boot state after an update to slot B that never committed, with one try left:
+    // U-Boot tries B (which has no kernel on this card), spends the try, and boots A; the
+    // agent on A reports the rollback and, once healthy, commits A.
+    skerry_agent::os::boot::write(
+        &img,
+        &BootState {
+            first: Slot::B,
+            a_left: 3,
+            b_left: 1,
+        },
+    )
+    .expect("write the card's boot state");
+
     let log = dir.path().join("console.log");
     let sock = dir.path().join("monitor.sock");
     let console_sock = dir.path().join("console.sock");
@@ -466,6 +495,18 @@ fn qemu_device_registers_runs_tasks_and_survives_link_loss_and_reboot() {
         std::thread::sleep(Duration::from_millis(500));
     };
     eprintln!("guest booted to the agent in {:?}", start.elapsed());
+    // Through U-Boot: B tried and given up, A booted with its slot on the command line.
+    for want in [
+        "skerry: booting slot B (tries left: A 3, B 0; order B A)",
+        "skerry: slot B does not boot",
+        "skerry: booting slot A (tries left: A 2, B 0; order B A)",
+        "root=PARTUUID=536b7279-02 rootfstype=squashfs ro rootwait skerry.slot=A",
+    ] {
+        assert!(
+            console.contains(want),
+            "no {want:?} on the console:\n{console}"
+        );
+    }
     for bad in [
         "cannot mount",
         "not available:",
@@ -557,6 +598,60 @@ fn qemu_device_registers_runs_tasks_and_survives_link_loss_and_reboot() {
         boot["containerInstanceArn"], instance["containerInstanceArn"],
         "{boot:#}"
     );
+    // The OS it booted, as the device reports it: version and slot as ECS attributes.
+    let attribute = |name: &str| {
+        instance["attributes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|a| a["name"] == name))
+            .and_then(|a| a["value"].as_str())
+            .map(str::to_string)
+    };
+    assert_eq!(
+        attribute("skerry.os.version").as_deref(),
+        Some(OS_VERSION),
+        "{instance:#}"
+    );
+    assert_eq!(
+        attribute("skerry.os.slot").as_deref(),
+        Some("A"),
+        "{instance:#}"
+    );
+    // The rollback U-Boot made, reported by the device on its own.
+    let rollback = wait(
+        "the OS rollback at the hub",
+        Duration::from_secs(60),
+        || {
+            hub.events(&id)
+                .into_iter()
+                .find(|e| e["kind"] == "osRolledBack")
+        },
+    );
+    assert!(
+        rollback["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("slot B did not commit") && m.contains("booted slot A")),
+        "{rollback:#}"
+    );
+    // Healthy (its task RUNNING), the device committed slot A on the card by itself: first
+    // in the order, all its tries back; B stays skipped.
+    let committed = wait(
+        "slot A committed on the card",
+        Duration::from_secs(120),
+        || {
+            skerry_agent::os::boot::read(&img)
+                .ok()
+                .filter(|s| s.first == Slot::A)
+        },
+    );
+    assert_eq!(
+        committed,
+        BootState {
+            first: Slot::A,
+            a_left: TRIES,
+            b_left: 0
+        }
+    );
+
     // The agent scrubbed the activation code once registered.
     let out = con.run("cat /boot/skerry/provision.toml");
     assert!(!out.contains("activation_code ="), "{out}");
@@ -674,6 +769,11 @@ fn qemu_device_registers_runs_tasks_and_survives_link_loss_and_reboot() {
     assert!(!answer.contains("not found"), "set_link n0 off: {answer}");
     let high = hub.events(&id).iter().filter_map(seq).max();
     con.send("reboot");
+    // U-Boot reads the state the agent committed.
+    con.wait_for(
+        "skerry: booting slot A (tries left: A 2, B 0; order A B)",
+        BOOT,
+    );
     con.wait_for("Run /init as init process", BOOT);
     let rebooted = Instant::now();
     con.login(BOOT);

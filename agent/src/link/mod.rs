@@ -30,6 +30,7 @@ use tracing::{debug, info, warn};
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::identity::{self, Plan};
+use crate::os::Os;
 use crate::outbox::{Class, Outbox, OutboxConfig, OutboxError};
 use crate::reconcile::{ApplyError, EventSink, Handle, Observer, TaskEvent};
 
@@ -46,6 +47,8 @@ pub struct LinkConfig {
     pub identity_dir: PathBuf,
     pub data_dir: PathBuf,
     pub metrics_interval: Duration,
+    /// The OS the device booted, said in its presence.
+    pub os: Os,
 }
 
 impl LinkConfig {
@@ -54,6 +57,7 @@ impl LinkConfig {
             identity_dir: cfg.identity_dir(),
             data_dir: cfg.data_dir.clone(),
             metrics_interval: cfg.metrics_interval,
+            os: Os::read(),
         }
     }
 }
@@ -138,6 +142,11 @@ impl Link {
         Arc::new(move |arn: &str| changes.mark(arn))
     }
 
+    /// The outbox, for what the device reports outside the reconciler (an OS rollback).
+    pub fn outbound(&self) -> Outbound {
+        self.outbound.clone()
+    }
+
     /// The reconciler's event sink: queues the event for the reporter.
     pub fn event_sink(&self) -> EventSink {
         let changes = self.changes.clone();
@@ -190,7 +199,15 @@ impl Link {
                     warn!("cannot record the registration event: {e}");
                 }
             }
-            mqtt::run(id, outbound.clone(), &handle, desired_tx, stop.clone()).await;
+            mqtt::run(
+                id,
+                &cfg.os,
+                outbound.clone(),
+                &handle,
+                desired_tx,
+                stop.clone(),
+            )
+            .await;
         }
         stop.cancelled().await;
         let _ = tokio::join!(reporter, metrics, applier);

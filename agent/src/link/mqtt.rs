@@ -29,6 +29,7 @@ use super::window::Window;
 use super::{DeviceState, Outbound};
 use crate::backoff::Backoff;
 use crate::identity::{self, Identity};
+use crate::os::Os;
 use crate::outbox::{Class, Record};
 
 pub const KEEP_ALIVE: Duration = Duration::from_secs(30);
@@ -50,6 +51,7 @@ const EVENTS: usize = 64;
 /// Keeps the broker connection until `stop`.
 pub async fn run(
     id: Identity,
+    os: &Os,
     out: Outbound,
     state: &dyn DeviceState,
     desired: watch::Sender<Option<Bytes>>,
@@ -57,7 +59,7 @@ pub async fn run(
 ) {
     let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
     loop {
-        let mut session = match Session::new(&id, &out, state, &desired) {
+        let mut session = match Session::new(&id, os, &out, state, &desired) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(instance = %id.meta.instance_id, "cannot set up the broker connection: {e}");
@@ -103,10 +105,13 @@ fn tls_config(id: &Identity) -> Result<rustls::ClientConfig, String> {
         .map_err(|e| format!("the client certificate does not fit the key: {e}"))
 }
 
-fn presence(online: bool) -> Vec<u8> {
+/// The presence payload; an online one says which OS the device booted.
+fn presence(online: bool, os: Option<&Os>) -> Vec<u8> {
     serde_json::to_vec(&Presence {
         online,
         agent_version: Some(env!("CARGO_PKG_VERSION").into()),
+        os_version: os.and_then(|o| o.version.clone()),
+        os_slot: os.and_then(|o| o.slot.map(|s| s.to_string())),
     })
     .expect("presence is plain data, which JSON always encodes")
 }
@@ -152,6 +157,7 @@ pub fn envelope(rec: &Record) -> Envelope {
 
 struct Session<'a> {
     id: &'a Identity,
+    os: &'a Os,
     out: &'a Outbound,
     state: &'a dyn DeviceState,
     desired: &'a watch::Sender<Option<Bytes>>,
@@ -186,6 +192,7 @@ impl Drop for Session<'_> {
 impl<'a> Session<'a> {
     fn new(
         id: &'a Identity,
+        os: &'a Os,
         out: &'a Outbound,
         state: &'a dyn DeviceState,
         desired: &'a watch::Sender<Option<Bytes>>,
@@ -200,7 +207,7 @@ impl<'a> Session<'a> {
             .set_inflight(u16::try_from(WINDOW + 8).unwrap_or(u16::MAX))
             .set_last_will(LastWill::new(
                 presence_topic.clone(),
-                presence(false),
+                presence(false, None),
                 QoS::AtLeastOnce,
                 true,
             ))
@@ -220,6 +227,7 @@ impl<'a> Session<'a> {
         });
         Ok(Self {
             id,
+            os,
             out,
             state,
             desired,
@@ -303,7 +311,12 @@ impl<'a> Session<'a> {
                     pending = stats.pending_records,
                     "connected to the broker"
                 );
-                self.publish(&self.presence.clone(), presence(true), true, None)?;
+                self.publish(
+                    &self.presence.clone(),
+                    presence(true, Some(self.os)),
+                    true,
+                    None,
+                )?;
                 self.client
                     .try_subscribe(self.desired_topic.clone(), QoS::AtLeastOnce)
                     .map_err(|e| format!("cannot subscribe: {e}"))?;
@@ -432,7 +445,10 @@ impl<'a> Session<'a> {
             return;
         }
         let topic = self.presence.clone();
-        if self.publish(&topic, presence(false), true, None).is_err() {
+        if self
+            .publish(&topic, presence(false, None), true, None)
+            .is_err()
+        {
             return;
         }
         let _ = self.client.try_disconnect();

@@ -202,4 +202,12 @@ impl Containerd {
     pub fn version(&self) -> VersionClient<Channel> {
         VersionClient::new(self.channel.clone())
     }
+
+    /// Whether containerd answers a version request within `within`.
+    pub async fn answers(&self, within: std::time::Duration) -> bool {
+        matches!(
+            tokio::time::timeout(within, self.version().version(())).await,
+            Ok(Ok(_))
+        )
+    }
 }

@@ -8,13 +8,31 @@ use skerry_proto::desired::{DesiredStatus, SERVICE_GROUP_PREFIX};
 use skerry_proto::link::{Envelope, Message};
 use skerry_proto::status::{ContainerReport, HealthStatus, TaskReport, TaskStatus};
 
-use super::{DeviceError, Ingested};
+use super::{DeviceError, Ingested, OsReport};
 use crate::arn::Arns;
 use crate::scheduler::{self, Demand};
 use crate::store::{
     desired_status_name, health_status_name, task_status_name, DeviceEvent, LinkState, StoreError,
     TaskRow, Txn,
 };
+
+/// Records the OS the device booted in its attributes; what the report lacks is left
+/// as it was.
+pub(super) fn set_os(
+    tx: &mut Txn<'_>,
+    instance_id: &str,
+    os: &OsReport,
+) -> Result<(), DeviceError> {
+    for (name, value) in [
+        ("skerry.os.version", &os.version),
+        ("skerry.os.slot", &os.slot),
+    ] {
+        if let Some(value) = value {
+            tx.set_attribute(instance_id, name, value)?;
+        }
+    }
+    Ok(())
+}
 
 pub(super) fn set_connected(
     tx: &mut Txn<'_>,
@@ -1166,13 +1184,28 @@ mod tests {
                 unknown.clone(),
                 DeviceMessage::Up(Box::new(envelope(1, applied(0)))),
             ),
-            (b.clone(), DeviceMessage::Presence { online: true }),
+            (
+                b.clone(),
+                DeviceMessage::Presence {
+                    online: true,
+                    os: OsReport {
+                        version: Some("7.1".into()),
+                        slot: Some("B".into()),
+                    },
+                },
+            ),
             // The same seq again within the batch: it sees the first one applied.
             (
                 a.clone(),
                 DeviceMessage::Up(Box::new(envelope(1, applied(0)))),
             ),
-            (unknown.clone(), DeviceMessage::Presence { online: true }),
+            (
+                unknown.clone(),
+                DeviceMessage::Presence {
+                    online: true,
+                    os: OsReport::default(),
+                },
+            ),
             (
                 b.clone(),
                 DeviceMessage::Up(Box::new(envelope(4, applied(0)))),
@@ -1210,6 +1243,16 @@ mod tests {
                 .expect("b")
                 .agent_connected
         );
+        let attributes: serde_json::Value = serde_json::from_str(
+            &hub.store
+                .container_instance(&b)
+                .expect("get")
+                .expect("b")
+                .attributes,
+        )
+        .expect("attributes are JSON");
+        assert_eq!(attributes["skerry.os.version"], "7.1");
+        assert_eq!(attributes["skerry.os.slot"], "B");
         assert_eq!(kinds(&hub, &a), ["applied"]);
         assert_eq!(kinds(&hub, &b), ["connected", "seqGap", "applied"]);
         // Committed: a replay of the whole batch changes nothing.

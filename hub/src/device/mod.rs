@@ -20,7 +20,7 @@ mod ingest;
 use std::ops::RangeInclusive;
 
 use skerry_proto::desired::DesiredState;
-use skerry_proto::link::Envelope;
+use skerry_proto::link::{Envelope, Presence};
 
 use crate::state::Hub;
 use crate::store::StoreError;
@@ -121,8 +121,10 @@ pub fn ingest_batch(
                     DeviceMessage::Up(envelope) => {
                         ingest::ingest(tx, &hub.arns, instance_id, envelope, now, &mut poke)
                     }
-                    DeviceMessage::Presence { online } => {
-                        match ingest::set_connected(tx, instance_id, *online, now) {
+                    DeviceMessage::Presence { online, os } => {
+                        match ingest::set_connected(tx, instance_id, *online, now)
+                            .and_then(|()| ingest::set_os(tx, instance_id, os))
+                        {
                             Ok(()) | Err(DeviceError::UnknownInstance(_)) => {
                                 Ok(Ingested::Applied {
                                     missing: Vec::new(),
@@ -146,6 +148,28 @@ pub fn ingest_batch(
 pub enum DeviceMessage {
     /// An envelope from the device's outbox (its `up` topic).
     Up(Box<Envelope>),
-    /// Its presence, or the last will the broker sent for it.
-    Presence { online: bool },
+    /// Its presence, or the last will the broker sent for it; an online presence says
+    /// which OS the device booted.
+    Presence { online: bool, os: OsReport },
+}
+
+/// The OS a device says it booted, shown as its instance's `skerry.os.version` and
+/// `skerry.os.slot` attributes. Input from a device: what is not a version (see
+/// [`skerry_proto::link::valid_os_version`]) or a slot (`A`, `B`) is left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OsReport {
+    pub version: Option<String>,
+    pub slot: Option<String>,
+}
+
+impl OsReport {
+    pub fn from_presence(p: &Presence) -> OsReport {
+        OsReport {
+            version: p
+                .os_version
+                .clone()
+                .filter(|v| skerry_proto::link::valid_os_version(v)),
+            slot: p.os_slot.clone().filter(|s| s == "A" || s == "B"),
+        }
+    }
 }

@@ -391,6 +391,23 @@ impl Txn<'_> {
         )? > 0)
     }
 
+    /// Sets the custom attribute `name` of an instance to `value`, keeping the others.
+    pub fn set_attribute(
+        &mut self,
+        instance_id: &str,
+        name: &str,
+        value: &str,
+    ) -> Result<bool, StoreError> {
+        // A JSON path member quoted: attribute names hold dots.
+        let path = format!("$.\"{}\"", name.replace('"', ""));
+        Ok(self.tx.execute(
+            "UPDATE container_instances SET attributes = json_set(
+                 CASE WHEN json_valid(attributes) THEN attributes ELSE '{}' END, ?2, ?3)
+             WHERE id = ?1",
+            params![instance_id, path, value],
+        )? > 0)
+    }
+
     pub fn set_instance_status(
         &mut self,
         instance_id: &str,
