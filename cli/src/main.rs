@@ -162,7 +162,7 @@ fn main() -> ExitCode {
         return match image(cmd) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("skerry: {e:#}");
+                eprintln!("skerry: {}", skerry_cli::table::escape(&format!("{e:#}")));
                 ExitCode::FAILURE
             }
         };
@@ -180,7 +180,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("skerry: {e:#}");
+            eprintln!("skerry: {}", skerry_cli::table::escape(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
