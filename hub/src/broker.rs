@@ -1,7 +1,8 @@
 //! The Mosquitto 2.x configuration the hub's link needs (`skerry-hub broker-config`): one
 //! TLS listener that requires a client certificate from the hub's CA and takes the
 //! certificate's CN as the user name, and an ACL that keeps each device to its own topics
-//! while the hub's identity may use all of them. Rerunning rewrites the same files and keeps
+//! while the hub's identity may use all of them, and a revocation list (the hub rewrites it
+//! and signals the broker, see `revocation`) that keeps deregistered devices out. Rerunning rewrites the same files and keeps
 //! the broker's certificate while it still fits.
 
 use std::collections::BTreeSet;
@@ -23,6 +24,10 @@ pub const ACL_FILE: &str = "acl";
 pub const CA_FILE: &str = "ca.crt";
 pub const CERT_FILE: &str = "server.crt";
 pub const KEY_FILE: &str = "server.key";
+/// The devices the hub cut off; the hub rewrites it (`revocation`), the broker reloads it.
+pub const CRL_FILE: &str = "crl.pem";
+/// Where the broker writes its pid, for the hub to signal a reload.
+pub const PID_FILE: &str = "mosquitto.pid";
 /// Where Mosquitto keeps retained messages (the desired-state documents) across restarts.
 pub const PERSISTENCE_DIR: &str = "data";
 /// A broker certificate closer than this to its end is replaced on the next run.
@@ -107,6 +112,15 @@ pub fn write_config(config: &Config, ca: &Ca, out: &Path) -> Result<BrokerFiles,
         write(CERT_FILE, cert.as_bytes(), 0o644)?;
     }
     write(CA_FILE, ca.cert_pem().as_bytes(), 0o644)?;
+    // The hub keeps the list current; a first one, empty, lets the broker start before the
+    // hub has run.
+    if !out.join(CRL_FILE).exists() {
+        write(
+            CRL_FILE,
+            ca.revocation_list(&[], SystemTime::now())?.as_bytes(),
+            0o644,
+        )?;
+    }
     write(ACL_FILE, acl().as_bytes(), 0o644)?;
     write(CONF_FILE, mosquitto_conf(config, &out).as_bytes(), 0o644)?;
     Ok(BrokerFiles {
@@ -140,6 +154,8 @@ fn mosquitto_conf(config: &Config, out: &Path) -> String {
          per_listener_settings false\n\
          allow_anonymous false\n\
          acl_file {acl}\n\
+         # The hub signals this pid to reload the revocation list (and the ACL).\n\
+         pid_file {pid}\n\
          # Retained desired-state documents must survive a broker restart.\n\
          persistence true\n\
          persistence_location {data}/\n\
@@ -166,10 +182,14 @@ fn mosquitto_conf(config: &Config, out: &Path) -> String {
          keyfile {key}\n\
          tls_version tlsv1.2\n\
          require_certificate true\n\
+         # Deregistered devices; see `revocation` in the hub.\n\
+         crlfile {crl}\n\
          use_identity_as_username true\n\
          # A device cannot take over another client's session (the hub's included).\n\
          use_username_as_clientid true\n",
         acl = path(ACL_FILE),
+        pid = path(PID_FILE),
+        crl = path(CRL_FILE),
         inflight = crate::link::BROKER_INFLIGHT,
         data = path(PERSISTENCE_DIR),
         port = listen.port(),
@@ -266,7 +286,7 @@ mod tests {
         let first = write_config(&c, &ca, &out).expect("write");
         assert_eq!(first.certificate, Certificate::Issued);
         let read = |n: &str| fs::read(out.join(n)).expect(n);
-        let before: Vec<_> = [CONF_FILE, ACL_FILE, CA_FILE, CERT_FILE, KEY_FILE]
+        let before: Vec<_> = [CONF_FILE, ACL_FILE, CA_FILE, CERT_FILE, KEY_FILE, CRL_FILE]
             .map(read)
             .to_vec();
         let second = write_config(&c, &ca, &out).expect("rewrite");
@@ -277,7 +297,7 @@ mod tests {
                 ..first
             }
         );
-        let after: Vec<_> = [CONF_FILE, ACL_FILE, CA_FILE, CERT_FILE, KEY_FILE]
+        let after: Vec<_> = [CONF_FILE, ACL_FILE, CA_FILE, CERT_FILE, KEY_FILE, CRL_FILE]
             .map(read)
             .to_vec();
         assert_eq!(before, after);
