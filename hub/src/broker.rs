@@ -27,7 +27,8 @@ pub const KEY_FILE: &str = "server.key";
 /// The devices the hub cut off; the hub rewrites it (`revocation`), the broker reloads it.
 pub const CRL_FILE: &str = "crl.pem";
 /// Where the broker writes its pid, for the hub to signal a reload.
-pub const PID_FILE: &str = "mosquitto.pid";
+/// In the persistence directory, the one the broker may write once it has dropped root.
+pub const PID_FILE: &str = "data/mosquitto.pid";
 /// Where Mosquitto keeps retained messages (the desired-state documents) across restarts.
 pub const PERSISTENCE_DIR: &str = "data";
 /// A broker certificate closer than this to its end is replaced on the next run.
@@ -49,6 +50,14 @@ pub enum BrokerError {
     },
     #[error(transparent)]
     Ca(#[from] CaError),
+    #[error("the broker's user {user:?} does not exist; install mosquitto (it makes the user) or set broker.user")]
+    NoUser { user: String },
+    #[error("cannot hand {path} to the broker's user {user:?}: {reason}")]
+    HandOver {
+        path: PathBuf,
+        user: String,
+        reason: String,
+    },
 }
 
 /// What [`write_config`] wrote.
@@ -123,10 +132,70 @@ pub fn write_config(config: &Config, ca: &Ca, out: &Path) -> Result<BrokerFiles,
     }
     write(ACL_FILE, acl().as_bytes(), 0o644)?;
     write(CONF_FILE, mosquitto_conf(config, &out).as_bytes(), 0o644)?;
+    hand_over(&out, &config.broker.user)?;
     Ok(BrokerFiles {
         conf: out.join(CONF_FILE),
         certificate,
     })
+}
+
+/// When run as root, makes what the broker reads readable by its user, which it switches
+/// to (`user`) before it loads them: the directory and the key by group (root keeps them),
+/// the persistence directory (and the pid file in it) owned outright. Not root: the broker
+/// runs as whoever starts it, and these files are that user's already.
+fn hand_over(out: &Path, user: &str) -> Result<(), BrokerError> {
+    use nix::unistd::{chown, User};
+    use std::os::unix::fs::PermissionsExt;
+    if !rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    let fail = |path: &Path, reason: String| BrokerError::HandOver {
+        path: path.to_path_buf(),
+        user: user.to_string(),
+        reason,
+    };
+    let account = User::from_name(user)
+        .map_err(|e| fail(Path::new("/etc/passwd"), e.to_string()))?
+        .ok_or_else(|| BrokerError::NoUser {
+            user: user.to_string(),
+        })?;
+    let (uid, gid) = (account.uid, account.gid);
+    // The broker opens its files by path once it is that user: every directory above must
+    // let it through.
+    for parent in out.ancestors().skip(1) {
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::metadata(parent).map_err(|e| fail(parent, e.to_string()))?;
+        let mode = meta.mode();
+        let passes = mode & 0o001 != 0
+            || (meta.gid() == gid.as_raw() && mode & 0o010 != 0)
+            || (meta.uid() == uid.as_raw() && mode & 0o100 != 0);
+        if !passes {
+            return Err(fail(
+                parent,
+                format!(
+                    "it cannot enter this directory (mode {:o}); put broker.dir where it can, \
+                     or let it through (chmod o+x)",
+                    mode & 0o777
+                ),
+            ));
+        }
+    }
+    let set = |path: &Path, owner: Option<nix::unistd::Uid>, mode: u32| {
+        chown(path, owner, Some(gid)).map_err(|e| fail(path, format!("chown: {e}")))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .map_err(|e| fail(path, format!("chmod: {e}")))
+    };
+    set(out, None, 0o750)?;
+    set(&out.join(KEY_FILE), None, 0o640)?;
+    let data = out.join(PERSISTENCE_DIR);
+    set(&data, Some(uid), 0o700)?;
+    // A broker that ran as root before left its database and pid file root's.
+    let entries = fs::read_dir(&data).map_err(|e| fail(&data, e.to_string()))?;
+    for entry in entries {
+        let path = entry.map_err(|e| fail(&data, e.to_string()))?.path();
+        chown(&path, Some(uid), Some(gid)).map_err(|e| fail(&path, format!("chown: {e}")))?;
+    }
+    Ok(())
 }
 
 /// The ACL: the hub's identity may use every topic of the protocol; any other identity is a
@@ -171,10 +240,9 @@ fn mosquitto_conf(config: &Config, out: &Path) -> String {
          log_type warning\n\
          log_type notice\n\
          log_type information\n\
-         # These files belong to whoever ran broker-config and the key is 0600: a broker\n\
-         # started as root keeps root instead of switching to the mosquitto user, which\n\
-         # could not read them. A broker started as another user ignores this line.\n\
-         user root\n\
+         # Started as root, the broker switches to this user before it reads its files;\n\
+         # broker-config gave that user what it needs.\n\
+         user {user}\n\
          \n\
          listener {port} {ip}\n\
          cafile {ca}\n\
@@ -189,6 +257,7 @@ fn mosquitto_conf(config: &Config, out: &Path) -> String {
          use_username_as_clientid true\n",
         acl = path(ACL_FILE),
         pid = path(PID_FILE),
+        user = config.broker.user,
         crl = path(CRL_FILE),
         inflight = crate::link::BROKER_INFLIGHT,
         data = path(PERSISTENCE_DIR),
@@ -317,6 +386,35 @@ mod tests {
             "persistence_location {}/data/\n",
             out.canonicalize().expect("abs").display()
         )));
+        let abs = out.canonicalize().expect("abs");
+        assert!(conf.contains("\nuser mosquitto\n"), "{conf}");
+        assert!(!conf.contains("user root"), "{conf}");
+        assert!(conf.contains(&format!("pid_file {}/data/mosquitto.pid\n", abs.display())));
+        assert!(conf.contains(&format!("crlfile {}/crl.pem\n", abs.display())));
+        // Run as root (as CI is), the broker's user gets what it reads: the directory and
+        // key by group, its persistence directory outright.
+        if rustix::process::geteuid().is_root() {
+            use std::os::unix::fs::MetadataExt;
+            let user = nix::unistd::User::from_name("mosquitto")
+                .expect("passwd")
+                .expect("the mosquitto package makes its user");
+            let meta = |p: &Path| fs::metadata(p).expect("stat");
+            let dir_meta = meta(&abs);
+            assert_eq!(
+                (dir_meta.gid(), dir_meta.mode() & 0o777),
+                (user.gid.as_raw(), 0o750)
+            );
+            let key = meta(&abs.join(KEY_FILE));
+            assert_eq!(
+                (key.uid(), key.gid(), key.mode() & 0o777),
+                (0, user.gid.as_raw(), 0o640)
+            );
+            let data = meta(&abs.join(PERSISTENCE_DIR));
+            assert_eq!(
+                (data.uid(), data.mode() & 0o777),
+                (user.uid.as_raw(), 0o700)
+            );
+        }
 
         // Another advertised name needs another certificate.
         let moved = config(

@@ -435,7 +435,8 @@ fn random_serial() -> (String, SerialNumber) {
 }
 
 /// Writes `name` in `dir` so that a crash leaves the old file or the new one, never half of
-/// one: a temporary file, fsynced, renamed into place, then the directory fsynced.
+/// one: a temporary file with exactly `mode`, fsynced, renamed into place, then the
+/// directory fsynced.
 pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
@@ -449,6 +450,8 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> std:
         .create_new(true)
         .mode(mode)
         .open(&tmp)?;
+    // Exactly `mode`, whatever the umask: the broker, another user, reads some of these.
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
     f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);

@@ -63,6 +63,7 @@ struct RawBroker {
     url: Option<String>,
     hub_url: Option<String>,
     dir: Option<PathBuf>,
+    user: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -80,6 +81,8 @@ pub const DEFAULT_SERVER_NAMES: &[&str] = &["localhost", "127.0.0.1"];
 pub const DEFAULT_BROKER_LISTEN: &str = "127.0.0.1:8883";
 /// The broker's files, beside the config file.
 pub const DEFAULT_BROKER_DIR: &str = "broker";
+/// Debian's mosquitto package makes this user.
+pub const DEFAULT_BROKER_USER: &str = "mosquitto";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
@@ -101,6 +104,8 @@ pub struct Broker {
     /// the hub rewrites the revocation list there and signals the broker's pid file.
     /// Default `broker` beside the config file; a relative path is taken from there too.
     pub dir: PathBuf,
+    /// The user a broker started as root switches to (`mosquitto`, as Debian makes it).
+    pub user: String,
 }
 
 /// `mqtts://HOST:PORT`; an IPv6 host is in brackets.
@@ -401,11 +406,24 @@ fn parse_broker(
     if dir.as_os_str().is_empty() {
         return Err(invalid("broker.dir", "must not be empty".into()));
     }
+    let user = raw.user.unwrap_or_else(|| DEFAULT_BROKER_USER.into());
+    let user_ok = !user.is_empty()
+        && user.len() <= 32
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !user_ok || user == "root" {
+        return Err(invalid(
+            "broker.user",
+            format!("{user:?} must be a user name other than root (letters, digits, '_', '-')"),
+        ));
+    }
     Ok(Broker {
         listen,
         url,
         hub_url,
         dir: base.join(dir),
+        user,
     })
 }
 
@@ -442,6 +460,10 @@ secret = "0123456789abcdef0123"
         let abs = format!("{GOOD}\n[broker]\ndir = \"/srv/broker\"\n");
         let c = Config::parse(&abs, Path::new("/etc/skerry/hub.toml")).expect("valid");
         assert_eq!(c.broker.dir, Path::new("/srv/broker"));
+        assert_eq!(c.broker.user, "mosquitto");
+        let root = format!("{GOOD}\n[broker]\nuser = \"root\"\n");
+        let e = Config::parse(&root, Path::new("hub.toml")).expect_err("root");
+        assert!(e.to_string().contains("broker.user"), "{e}");
     }
 
     #[test]

@@ -286,6 +286,20 @@ fn devices_reach_only_their_own_topics_and_strangers_none() {
         port,
         &dir.join("mosquitto.log"),
     );
+    // Started as root, the broker runs as its own user, and still reads its files.
+    if rustix::process::geteuid().is_root() {
+        let pid = broker.child.as_ref().expect("running").id();
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .expect("effective uid");
+        let mosquitto = nix::unistd::User::from_name("mosquitto")
+            .expect("passwd")
+            .expect("the mosquitto user");
+        assert_eq!(uid, mosquitto.uid.to_string(), "the broker kept root");
+    }
     let desired = |id: &str| format!("skerry/v1/{id}/desired");
     let up = |id: &str| format!("skerry/v1/{id}/up");
 
