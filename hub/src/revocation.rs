@@ -274,3 +274,47 @@ pub async fn run(mut revocation: Revocation, hub: Arc<Hub>, shutdown: Cancellati
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unix_now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs()
+    }
+
+    #[test]
+    fn lists_are_dated_apart_and_never_ahead_of_the_clock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Arc::new(Ca::load_or_create(&dir.path().join("ca")).expect("ca"));
+        let broker = BrokerUrl {
+            host: "127.0.0.1".into(),
+            port: 1,
+        };
+        let mut r = Revocation::new(dir.path(), ca.clone(), broker);
+        // The list a previous run left is where the dates continue from.
+        let earlier = unix_now();
+        let pem = ca
+            .revocation_list(&[], UNIX_EPOCH + Duration::from_secs(earlier))
+            .expect("list");
+        std::fs::write(dir.path().join(CRL_FILE), pem).expect("write");
+        assert_eq!(list_date(&dir.path().join(CRL_FILE)), Some(earlier));
+        r.last_issued = list_date(&dir.path().join(CRL_FILE)).expect("date");
+        let mut last = r.last_issued;
+        for _ in 0..2 {
+            let next = r.next_date();
+            assert!(next > last, "{next} not after {last}");
+            assert!(next <= unix_now(), "{next} is ahead of the clock");
+            r.last_issued = next;
+            last = next;
+        }
+        // No broker to signal: the list is written, and the error names the pid file.
+        let store = Store::open(&dir.path().join("state")).expect("store");
+        let err = r.publish(&store).expect_err("no broker");
+        assert!(err.to_string().contains(PID_FILE), "{err}");
+        assert!(list_date(&dir.path().join(CRL_FILE)).expect("date") > last);
+    }
+}
