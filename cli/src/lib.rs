@@ -6,7 +6,8 @@
 //! - `client`: SigV4-signed calls to the hub's ECS and SSM JSON API.
 //! - `activation`: `activation create`, which writes a device's `provision.toml`.
 //! - `views`: the instances, tasks and services views.
-//! - `table`: plain-text tables for a terminal.
+//! - `table`: plain-text tables for a terminal, and `table::escape`, which keeps
+//!   device-controlled text from driving it.
 
 pub mod activation;
 pub mod client;

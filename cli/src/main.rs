@@ -195,7 +195,7 @@ fn main() -> ExitCode {
         return match image(cmd) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("skerry: {e:#}");
+                eprintln!("skerry: {}", skerry_cli::table::escape(&format!("{e:#}")));
                 ExitCode::FAILURE
             }
         };
@@ -213,7 +213,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("skerry: {e:#}");
+            eprintln!("skerry: {}", skerry_cli::table::escape(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

@@ -1,7 +1,8 @@
 //! The Mosquitto 2.x configuration the hub's link needs (`skerry-hub broker-config`): one
 //! TLS listener that requires a client certificate from the hub's CA and takes the
 //! certificate's CN as the user name, and an ACL that keeps each device to its own topics
-//! while the hub's identity may use all of them. Rerunning rewrites the same files and keeps
+//! while the hub's identity may use all of them, and a revocation list (the hub rewrites it
+//! and signals the broker, see `revocation`) that keeps deregistered devices out. Rerunning rewrites the same files and keeps
 //! the broker's certificate while it still fits.
 
 use std::collections::BTreeSet;
@@ -23,6 +24,11 @@ pub const ACL_FILE: &str = "acl";
 pub const CA_FILE: &str = "ca.crt";
 pub const CERT_FILE: &str = "server.crt";
 pub const KEY_FILE: &str = "server.key";
+/// The devices the hub cut off; the hub rewrites it (`revocation`), the broker reloads it.
+pub const CRL_FILE: &str = "crl.pem";
+/// Where the broker writes its pid, for the hub to signal a reload.
+/// In the persistence directory, the one the broker may write once it has dropped root.
+pub const PID_FILE: &str = "data/mosquitto.pid";
 /// Where Mosquitto keeps retained messages (the desired-state documents) across restarts.
 pub const PERSISTENCE_DIR: &str = "data";
 /// A broker certificate closer than this to its end is replaced on the next run.
@@ -44,6 +50,14 @@ pub enum BrokerError {
     },
     #[error(transparent)]
     Ca(#[from] CaError),
+    #[error("the broker's user {user:?} does not exist; install mosquitto (it makes the user) or set broker.user")]
+    NoUser { user: String },
+    #[error("cannot hand {path} to the broker's user {user:?}: {reason}")]
+    HandOver {
+        path: PathBuf,
+        user: String,
+        reason: String,
+    },
 }
 
 /// What [`write_config`] wrote.
@@ -107,12 +121,81 @@ pub fn write_config(config: &Config, ca: &Ca, out: &Path) -> Result<BrokerFiles,
         write(CERT_FILE, cert.as_bytes(), 0o644)?;
     }
     write(CA_FILE, ca.cert_pem().as_bytes(), 0o644)?;
+    // The hub keeps the list current; a first one, empty, lets the broker start before the
+    // hub has run.
+    if !out.join(CRL_FILE).exists() {
+        write(
+            CRL_FILE,
+            ca.revocation_list(&[], SystemTime::now())?.as_bytes(),
+            0o644,
+        )?;
+    }
     write(ACL_FILE, acl().as_bytes(), 0o644)?;
     write(CONF_FILE, mosquitto_conf(config, &out).as_bytes(), 0o644)?;
+    hand_over(&out, &config.broker.user)?;
     Ok(BrokerFiles {
         conf: out.join(CONF_FILE),
         certificate,
     })
+}
+
+/// When run as root, makes what the broker reads readable by its user, which it switches
+/// to (`user`) before it loads them: the directory and the key by group (root keeps them),
+/// the persistence directory (and the pid file in it) owned outright. Not root: the broker
+/// runs as whoever starts it, and these files are that user's already.
+fn hand_over(out: &Path, user: &str) -> Result<(), BrokerError> {
+    use nix::unistd::{chown, User};
+    use std::os::unix::fs::PermissionsExt;
+    if !rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    let fail = |path: &Path, reason: String| BrokerError::HandOver {
+        path: path.to_path_buf(),
+        user: user.to_string(),
+        reason,
+    };
+    let account = User::from_name(user)
+        .map_err(|e| fail(Path::new("/etc/passwd"), e.to_string()))?
+        .ok_or_else(|| BrokerError::NoUser {
+            user: user.to_string(),
+        })?;
+    let (uid, gid) = (account.uid, account.gid);
+    // The broker opens its files by path once it is that user: every directory above must
+    // let it through.
+    for parent in out.ancestors().skip(1) {
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::metadata(parent).map_err(|e| fail(parent, e.to_string()))?;
+        let mode = meta.mode();
+        let passes = mode & 0o001 != 0
+            || (meta.gid() == gid.as_raw() && mode & 0o010 != 0)
+            || (meta.uid() == uid.as_raw() && mode & 0o100 != 0);
+        if !passes {
+            return Err(fail(
+                parent,
+                format!(
+                    "it cannot enter this directory (mode {:o}); put broker.dir where it can, \
+                     or let it through (chmod o+x)",
+                    mode & 0o777
+                ),
+            ));
+        }
+    }
+    let set = |path: &Path, owner: Option<nix::unistd::Uid>, mode: u32| {
+        chown(path, owner, Some(gid)).map_err(|e| fail(path, format!("chown: {e}")))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .map_err(|e| fail(path, format!("chmod: {e}")))
+    };
+    set(out, None, 0o750)?;
+    set(&out.join(KEY_FILE), None, 0o640)?;
+    let data = out.join(PERSISTENCE_DIR);
+    set(&data, Some(uid), 0o700)?;
+    // A broker that ran as root before left its database and pid file root's.
+    let entries = fs::read_dir(&data).map_err(|e| fail(&data, e.to_string()))?;
+    for entry in entries {
+        let path = entry.map_err(|e| fail(&data, e.to_string()))?.path();
+        chown(&path, Some(uid), Some(gid)).map_err(|e| fail(&path, format!("chown: {e}")))?;
+    }
+    Ok(())
 }
 
 /// The ACL: the hub's identity may use every topic of the protocol; any other identity is a
@@ -140,6 +223,8 @@ fn mosquitto_conf(config: &Config, out: &Path) -> String {
          per_listener_settings false\n\
          allow_anonymous false\n\
          acl_file {acl}\n\
+         # The hub signals this pid to reload the revocation list (and the ACL).\n\
+         pid_file {pid}\n\
          # Retained desired-state documents must survive a broker restart.\n\
          persistence true\n\
          persistence_location {data}/\n\
@@ -155,10 +240,9 @@ fn mosquitto_conf(config: &Config, out: &Path) -> String {
          log_type warning\n\
          log_type notice\n\
          log_type information\n\
-         # These files belong to whoever ran broker-config and the key is 0600: a broker\n\
-         # started as root keeps root instead of switching to the mosquitto user, which\n\
-         # could not read them. A broker started as another user ignores this line.\n\
-         user root\n\
+         # Started as root, the broker switches to this user before it reads its files;\n\
+         # broker-config gave that user what it needs.\n\
+         user {user}\n\
          \n\
          listener {port} {ip}\n\
          cafile {ca}\n\
@@ -166,10 +250,15 @@ fn mosquitto_conf(config: &Config, out: &Path) -> String {
          keyfile {key}\n\
          tls_version tlsv1.2\n\
          require_certificate true\n\
+         # Deregistered devices; see `revocation` in the hub.\n\
+         crlfile {crl}\n\
          use_identity_as_username true\n\
          # A device cannot take over another client's session (the hub's included).\n\
          use_username_as_clientid true\n",
         acl = path(ACL_FILE),
+        pid = path(PID_FILE),
+        user = config.broker.user,
+        crl = path(CRL_FILE),
         inflight = crate::link::BROKER_INFLIGHT,
         data = path(PERSISTENCE_DIR),
         port = listen.port(),
@@ -266,7 +355,7 @@ mod tests {
         let first = write_config(&c, &ca, &out).expect("write");
         assert_eq!(first.certificate, Certificate::Issued);
         let read = |n: &str| fs::read(out.join(n)).expect(n);
-        let before: Vec<_> = [CONF_FILE, ACL_FILE, CA_FILE, CERT_FILE, KEY_FILE]
+        let before: Vec<_> = [CONF_FILE, ACL_FILE, CA_FILE, CERT_FILE, KEY_FILE, CRL_FILE]
             .map(read)
             .to_vec();
         let second = write_config(&c, &ca, &out).expect("rewrite");
@@ -277,7 +366,7 @@ mod tests {
                 ..first
             }
         );
-        let after: Vec<_> = [CONF_FILE, ACL_FILE, CA_FILE, CERT_FILE, KEY_FILE]
+        let after: Vec<_> = [CONF_FILE, ACL_FILE, CA_FILE, CERT_FILE, KEY_FILE, CRL_FILE]
             .map(read)
             .to_vec();
         assert_eq!(before, after);
@@ -297,6 +386,35 @@ mod tests {
             "persistence_location {}/data/\n",
             out.canonicalize().expect("abs").display()
         )));
+        let abs = out.canonicalize().expect("abs");
+        assert!(conf.contains("\nuser mosquitto\n"), "{conf}");
+        assert!(!conf.contains("user root"), "{conf}");
+        assert!(conf.contains(&format!("pid_file {}/data/mosquitto.pid\n", abs.display())));
+        assert!(conf.contains(&format!("crlfile {}/crl.pem\n", abs.display())));
+        // Run as root (as CI is), the broker's user gets what it reads: the directory and
+        // key by group, its persistence directory outright.
+        if rustix::process::geteuid().is_root() {
+            use std::os::unix::fs::MetadataExt;
+            let user = nix::unistd::User::from_name("mosquitto")
+                .expect("passwd")
+                .expect("the mosquitto package makes its user");
+            let meta = |p: &Path| fs::metadata(p).expect("stat");
+            let dir_meta = meta(&abs);
+            assert_eq!(
+                (dir_meta.gid(), dir_meta.mode() & 0o777),
+                (user.gid.as_raw(), 0o750)
+            );
+            let key = meta(&abs.join(KEY_FILE));
+            assert_eq!(
+                (key.uid(), key.gid(), key.mode() & 0o777),
+                (0, user.gid.as_raw(), 0o640)
+            );
+            let data = meta(&abs.join(PERSISTENCE_DIR));
+            assert_eq!(
+                (data.uid(), data.mode() & 0o777),
+                (user.uid.as_raw(), 0o700)
+            );
+        }
 
         // Another advertised name needs another certificate.
         let moved = config(

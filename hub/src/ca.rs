@@ -13,9 +13,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::RngCore;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
-    PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams,
+    CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason, RevokedCertParams, SanType,
+    SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
@@ -34,6 +35,9 @@ const CA_VALIDITY: Duration = Duration::from_secs(30 * 365 * 86_400);
 /// There is no renewal flow yet: a device certificate has to last the device's life.
 const DEVICE_CERT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86_400);
 const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(5 * 365 * 86_400);
+/// A revocation list's next update: far beyond any broker's uptime (see
+/// [`Ca::revocation_list`]).
+const CRL_VALIDITY_DAYS: i64 = 100 * 365;
 /// Tolerates devices whose clock runs a little behind the hub's.
 const BACKDATE: Duration = Duration::from_secs(3600);
 
@@ -249,6 +253,54 @@ impl Ca {
         Ok((cert.pem(), serial_hex))
     }
 
+    /// A certificate revocation list naming `serials` (lowercase hex, as
+    /// [`Ca::sign_device_csr`] returns them), issued at `issued` and numbered by it, so a
+    /// later list has a later date and a higher number. The broker keeps every list it has
+    /// loaded and OpenSSL uses the one issued last; since lists only grow, that one is right.
+    /// It never expires (OpenSSL refuses every client once a list is past its next
+    /// update, and a broker may run for years without the hub rewriting it).
+    pub fn revocation_list(
+        &self,
+        serials: &[String],
+        issued: SystemTime,
+    ) -> Result<String, CaError> {
+        let issue_err = |source| CaError::Issue {
+            subject: "the revocation list".into(),
+            source,
+        };
+        let secs = issued
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let this_update =
+            OffsetDateTime::from_unix_timestamp(secs as i64).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let mut revoked = Vec::with_capacity(serials.len());
+        for serial in serials {
+            let bytes = hex::decode(serial).map_err(|e| CaError::Damaged {
+                path: PathBuf::from(serial),
+                reason: format!("a certificate serial is not hex: {e}"),
+            })?;
+            revoked.push(RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&bytes),
+                revocation_time: this_update,
+                reason_code: Some(RevocationReason::CessationOfOperation),
+                invalidity_date: None,
+            });
+        }
+        let params = CertificateRevocationListParams {
+            this_update,
+            next_update: this_update + time::Duration::days(CRL_VALIDITY_DAYS),
+            crl_number: SerialNumber::from(secs),
+            issuing_distribution_point: None,
+            revoked_certs: revoked,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        params
+            .signed_by(&self.issuer)
+            .and_then(|crl| crl.pem())
+            .map_err(issue_err)
+    }
+
     /// A server certificate (and a new key) for the given DNS names and IP addresses.
     pub fn issue_server_cert(&self, names: &[String]) -> Result<(String, String), CaError> {
         let first = names.first().ok_or_else(|| CaError::InvalidName {
@@ -267,7 +319,16 @@ impl Ca {
     /// A client certificate (and a new key) with subject CN `cn`: the hub's own MQTT
     /// identity is `issue_client_cert(HUB_IDENTITY)`.
     pub fn issue_client_cert(&self, cn: &str) -> Result<(String, String), CaError> {
-        let mut params = leaf_params(cn, DEVICE_CERT_VALIDITY);
+        self.issue_client_cert_for(cn, DEVICE_CERT_VALIDITY)
+    }
+
+    /// [`Ca::issue_client_cert`], good for `validity` only.
+    pub fn issue_client_cert_for(
+        &self,
+        cn: &str,
+        validity: Duration,
+    ) -> Result<(String, String), CaError> {
+        let mut params = leaf_params(cn, validity);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.issue_with_new_key(cn, &params)
     }
@@ -374,7 +435,8 @@ fn random_serial() -> (String, SerialNumber) {
 }
 
 /// Writes `name` in `dir` so that a crash leaves the old file or the new one, never half of
-/// one: a temporary file, fsynced, renamed into place, then the directory fsynced.
+/// one: a temporary file with exactly `mode`, fsynced, renamed into place, then the
+/// directory fsynced.
 pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
@@ -388,6 +450,8 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> std:
         .create_new(true)
         .mode(mode)
         .open(&tmp)?;
+    // Exactly `mode`, whatever the umask: the broker, another user, reads some of these.
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
     f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);
@@ -488,6 +552,63 @@ mod tests {
             .sign_device_csr(&csr_for(&key, "x"), "mi-0123456789abcdef1")
             .expect("sign");
         assert_ne!(serial, other, "serials are random");
+    }
+
+    #[test]
+    fn revocation_list_names_the_serials_and_chains_to_the_ca() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::load_or_create(dir.path()).expect("ca");
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+        let (_, serial) = ca
+            .sign_device_csr(&csr_for(&key, "x"), "mi-0123456789abcdef0")
+            .expect("sign");
+        let at = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let pem = ca
+            .revocation_list(std::slice::from_ref(&serial), at)
+            .expect("crl");
+        let der = rustls_pki_types::CertificateRevocationListDer::from_pem_slice(pem.as_bytes())
+            .expect("crl pem");
+        let (_, crl) = x509_parser::parse_x509_crl(&der).expect("crl der");
+        let (_, ca_cert) = x509_parser::parse_x509_certificate(ca.cert_der()).expect("ca");
+        crl.verify_signature(ca_cert.public_key())
+            .expect("signed by the CA");
+        assert_eq!(crl.issuer(), ca_cert.subject());
+        assert_eq!(crl.last_update().timestamp(), 1_800_000_000);
+        assert!(crl.next_update().expect("next").timestamp() > 1_800_000_000 + 50 * 365 * 86_400);
+        let revoked: Vec<String> = crl
+            .iter_revoked_certificates()
+            .map(|r| hex::encode(r.raw_serial()))
+            .collect();
+        assert_eq!(revoked, [serial]);
+        // The list's authority key id is the CA's subject key id, or OpenSSL would not take
+        // it for the CA's list and would refuse every client.
+        let skid = ca_cert
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => {
+                    Some(k.0.to_vec())
+                }
+                _ => None,
+            })
+            .expect("CA has a subject key id");
+        let akid = crl
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(k) => {
+                    k.key_identifier.as_ref().map(|k| k.0.to_vec())
+                }
+                _ => None,
+            })
+            .expect("CRL has an authority key id");
+        assert_eq!(akid, skid);
+        let empty = ca.revocation_list(&[], at).expect("empty list");
+        assert!(empty.starts_with("-----BEGIN X509 CRL-----"));
+        assert!(matches!(
+            ca.revocation_list(&["zz".into()], at),
+            Err(CaError::Damaged { .. })
+        ));
     }
 
     #[test]

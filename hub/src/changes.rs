@@ -9,6 +9,8 @@
 //! [`Changes::take_dirty`] returns, their documents retained (re-marking an id with
 //! [`Changes::mark_dirty`] if its publish failed). Documents are read when published, so a
 //! burst of changes to one instance costs one publish of its latest document.
+//!
+//! Deregistrations wake the revocation task the same way ([`Changes::poke_revocations`]).
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -22,6 +24,7 @@ pub struct Changes {
     dirty: Mutex<BTreeSet<String>>,
     documents: Notify,
     services: Notify,
+    revocations: Notify,
 }
 
 impl Changes {
@@ -81,5 +84,14 @@ impl Changes {
 
     pub async fn services_changed(&self) {
         self.services.notified().await
+    }
+
+    /// Tells the revocation task (`revocation`) an instance was deregistered.
+    pub fn poke_revocations(&self) {
+        self.revocations.notify_one();
+    }
+
+    pub async fn revocations_changed(&self) {
+        self.revocations.notified().await
     }
 }

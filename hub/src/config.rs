@@ -62,6 +62,8 @@ struct RawBroker {
     listen: Option<String>,
     url: Option<String>,
     hub_url: Option<String>,
+    dir: Option<PathBuf>,
+    user: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -77,6 +79,10 @@ pub const DEFAULT_REGISTRATION_LISTEN: &str = "127.0.0.1:8443";
 pub const DEFAULT_SERVER_NAMES: &[&str] = &["localhost", "127.0.0.1"];
 /// MQTT over TLS's registered port, on loopback.
 pub const DEFAULT_BROKER_LISTEN: &str = "127.0.0.1:8883";
+/// The broker's files, beside the config file.
+pub const DEFAULT_BROKER_DIR: &str = "broker";
+/// Debian's mosquitto package makes this user.
+pub const DEFAULT_BROKER_USER: &str = "mosquitto";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
@@ -94,6 +100,12 @@ pub struct Broker {
     pub url: BrokerUrl,
     /// The broker as the hub itself reaches it.
     pub hub_url: BrokerUrl,
+    /// Where `broker-config` writes the broker's files and the running broker reads them:
+    /// the hub rewrites the revocation list there and signals the broker's pid file.
+    /// Default `broker` beside the config file; a relative path is taken from there too.
+    pub dir: PathBuf,
+    /// The user a broker started as root switches to (`mosquitto`, as Debian makes it).
+    pub user: String,
 }
 
 /// `mqtts://HOST:PORT`; an IPv6 host is in brackets.
@@ -269,7 +281,8 @@ impl Config {
             ));
         }
         let registration = parse_registration(raw.registration, &invalid)?;
-        let broker = parse_broker(raw.broker, &invalid)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let broker = parse_broker(raw.broker, base, &invalid)?;
         Ok(Config {
             listen,
             data_dir,
@@ -358,6 +371,7 @@ fn parse_registration(
 
 fn parse_broker(
     raw: RawBroker,
+    base: &Path,
     invalid: &dyn Fn(&str, String) -> ConfigError,
 ) -> Result<Broker, ConfigError> {
     let listen = parse_addr("broker.listen", raw.listen, DEFAULT_BROKER_LISTEN, invalid)?;
@@ -388,10 +402,28 @@ fn parse_broker(
         Some(u) => BrokerUrl::parse(&u).map_err(|r| invalid("broker.hub_url", r))?,
         None => derived("broker.hub_url")?,
     };
+    let dir = raw.dir.unwrap_or_else(|| PathBuf::from(DEFAULT_BROKER_DIR));
+    if dir.as_os_str().is_empty() {
+        return Err(invalid("broker.dir", "must not be empty".into()));
+    }
+    let user = raw.user.unwrap_or_else(|| DEFAULT_BROKER_USER.into());
+    let user_ok = !user.is_empty()
+        && user.len() <= 32
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !user_ok || user == "root" {
+        return Err(invalid(
+            "broker.user",
+            format!("{user:?} must be a user name other than root (letters, digits, '_', '-')"),
+        ));
+    }
     Ok(Broker {
         listen,
         url,
         hub_url,
+        dir: base.join(dir),
+        user,
     })
 }
 
@@ -424,6 +456,14 @@ secret = "0123456789abcdef0123"
         assert_eq!(c.broker.url.to_string(), "mqtts://127.0.0.1:8883");
         assert_eq!(c.broker.hub_url, c.broker.url);
         assert_eq!(c.ca_dir(), Path::new("/etc/skerry/state/ca"));
+        assert_eq!(c.broker.dir, Path::new("/etc/skerry/broker"));
+        let abs = format!("{GOOD}\n[broker]\ndir = \"/srv/broker\"\n");
+        let c = Config::parse(&abs, Path::new("/etc/skerry/hub.toml")).expect("valid");
+        assert_eq!(c.broker.dir, Path::new("/srv/broker"));
+        assert_eq!(c.broker.user, "mosquitto");
+        let root = format!("{GOOD}\n[broker]\nuser = \"root\"\n");
+        let e = Config::parse(&root, Path::new("hub.toml")).expect_err("root");
+        assert!(e.to_string().contains("broker.user"), "{e}");
     }
 
     #[test]

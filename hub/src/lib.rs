@@ -7,8 +7,8 @@
 //! Start there.
 //!
 //! The public surface is what the `skerry-hub` binary, the load generator and the hub's
-//! integration tests use: `server::run`, `config`, `ca`, `broker`, the link's TLS set-up
-//! (`link`), and, for tests that play devices in-process, `state`, `arn`, `device` and
+//! integration tests use: `server::run`, `config`, `ca`, `broker`, `revocation`, the link's
+//! TLS set-up (`link`), and, for tests that play devices in-process, `state`, `arn`, `device` and
 //! `store`. Every other module is `pub(crate)`.
 //!
 //! - `api`: the AWS JSON 1.1 protocol, the dispatch table and the operations:
@@ -32,6 +32,8 @@
 //! - `config`: the TOML configuration, checked into [`config::Config`] at startup.
 //! - `ca`: the hub's certificate authority: device, server and hub client certificates.
 //! - `broker`: the Mosquitto configuration and ACL `skerry-hub broker-config` writes.
+//! - `revocation`: cutting deregistered devices off at the broker (revocation list, reload,
+//!   session takeover).
 //! - `taskdef`: the check a task definition passes before it is stored.
 //! - `store`: the hub's state in SQLite; all SQL lives here (`store/instances.rs`: devices
 //!   and their registration, `store/tasks.rs`: tasks and the write transaction,
@@ -49,6 +51,7 @@ pub mod device;
 pub mod link;
 pub(crate) mod listener;
 pub(crate) mod register;
+pub mod revocation;
 pub(crate) mod scheduler;
 pub mod server;
 pub mod state;

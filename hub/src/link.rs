@@ -79,6 +79,15 @@ pub fn client_tls(ca: &Ca) -> Result<rustls::ClientConfig, LinkError> {
     let (cert_pem, key_pem) = ca
         .issue_client_cert(HUB_IDENTITY)
         .map_err(|e| LinkError::Certificate(e.to_string()))?;
+    client_tls_with(ca, &cert_pem, &key_pem)
+}
+
+/// The TLS client setup for the broker with the CA as the only root and this identity.
+pub fn client_tls_with(
+    ca: &Ca,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<rustls::ClientConfig, LinkError> {
     let mut roots = rustls::RootCertStore::empty();
     let ca_der = CertificateDer::from(ca.cert_der().to_vec());
     roots.add(ca_der.clone())?;

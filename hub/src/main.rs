@@ -29,13 +29,15 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Write a Mosquitto 2.x configuration (listener, certificates, ACL) into DIR; rerunning
-    /// rewrites the same files. Start the broker with `mosquitto -c DIR/mosquitto.conf`.
+    /// Write a Mosquitto 2.x configuration (listener, certificates, ACL, revocation list)
+    /// into DIR (default: the config's `broker.dir`, where the hub keeps the revocation list
+    /// up to date); rerunning rewrites the same files. Start the broker with
+    /// `mosquitto -c DIR/mosquitto.conf`.
     BrokerConfig {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
         #[arg(long, value_name = "DIR")]
-        out: PathBuf,
+        out: Option<PathBuf>,
     },
     /// Print the SHA-256 fingerprint of the hub's CA certificate, which devices pin; makes
     /// the CA if there is none yet.
@@ -98,7 +100,10 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::BrokerConfig { config, out } => match load(&config) {
-            Ok(c) => report(broker_config(&c, &out)),
+            Ok(c) => {
+                let out = out.unwrap_or_else(|| c.broker.dir.clone());
+                report(broker_config(&c, &out))
+            }
             Err(code) => code,
         },
         Command::CaFingerprint { config } => match load(&config) {

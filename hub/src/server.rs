@@ -31,6 +31,7 @@ use crate::config::Config;
 use crate::link::{Link, LinkError};
 use crate::listener::accept_next;
 use crate::register::{self, ListenError, Registrar};
+use crate::revocation::{self, Revocation};
 use crate::state::Hub;
 use crate::store::{Store, StoreError};
 use crate::{clock, scheduler};
@@ -73,6 +74,7 @@ pub struct Server {
     listener: TcpListener,
     registration: register::Listener,
     link: Link,
+    revocation: Revocation,
     ca: Arc<Ca>,
     grace: Duration,
 }
@@ -97,6 +99,7 @@ impl Server {
         )
         .await?;
         let link = Link::new(&config.broker.hub_url, &ca)?;
+        let revocation = Revocation::new(&config.broker.dir, ca.clone(), config.broker.hub_url);
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -112,6 +115,7 @@ impl Server {
             listener,
             registration,
             link,
+            revocation,
             ca,
             grace: config.shutdown_grace,
         })
@@ -137,6 +141,11 @@ impl Server {
         let registration = tokio::spawn(self.registration.run(shutdown.clone(), self.grace));
         let services = tokio::spawn(scheduler::run(self.state.hub.clone(), shutdown.clone()));
         let link = tokio::spawn(self.link.run(self.state.hub.clone(), shutdown.clone()));
+        let revocation = tokio::spawn(revocation::run(
+            self.revocation,
+            self.state.hub.clone(),
+            shutdown.clone(),
+        ));
         let graceful = GracefulShutdown::new();
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         while let Some((permit, stream, peer)) =
@@ -174,6 +183,9 @@ impl Server {
         }
         if let Err(e) = link.await {
             tracing::error!(error = %e, "the broker link panicked");
+        }
+        if let Err(e) = revocation.await {
+            tracing::error!(error = %e, "the revocation task panicked");
         }
     }
 }

@@ -17,7 +17,13 @@ use common::{free_port, run_bounded};
 use rcgen::{
     CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, PKCS_ECDSA_P256_SHA256,
 };
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Transport};
 use skerry_hub::ca::{Ca, HUB_IDENTITY};
+use skerry_hub::config::Config;
+use skerry_hub::link;
+use skerry_hub::revocation::Revocation;
+use skerry_hub::store::{ContainerInstance, Store};
+use std::sync::Arc;
 
 const DEVICE_A: &str = "mi-0000000000000000a";
 const DEVICE_B: &str = "mi-0000000000000000b";
@@ -45,14 +51,19 @@ fn save(dir: &Path, name: &str, cert: &str, key: &str) -> Identity {
 
 /// A device identity as registration makes it: a key of its own, signed through a CSR.
 fn device(ca: &Ca, dir: &Path, instance_id: &str) -> Identity {
+    device_with_serial(ca, dir, instance_id).0
+}
+
+/// [`device`], and its certificate's serial as the hub stores it.
+fn device_with_serial(ca: &Ca, dir: &Path, instance_id: &str) -> (Identity, String) {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
     let csr = CertificateParams::default()
         .serialize_request(&key)
         .expect("csr")
         .pem()
         .expect("pem");
-    let (cert, _) = ca.sign_device_csr(&csr, instance_id).expect("sign");
-    save(dir, instance_id, &cert, &key.serialize_pem())
+    let (cert, serial) = ca.sign_device_csr(&csr, instance_id).expect("sign");
+    (save(dir, instance_id, &cert, &key.serialize_pem()), serial)
 }
 
 /// A device's name signed by the hub's own CA, valid from `from` days to `to` days from now.
@@ -275,6 +286,20 @@ fn devices_reach_only_their_own_topics_and_strangers_none() {
         port,
         &dir.join("mosquitto.log"),
     );
+    // Started as root, the broker runs as its own user, and still reads its files.
+    if rustix::process::geteuid().is_root() {
+        let pid = broker.child.as_ref().expect("running").id();
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .expect("effective uid");
+        let mosquitto = nix::unistd::User::from_name("mosquitto")
+            .expect("passwd")
+            .expect("the mosquitto user");
+        assert_eq!(uid, mosquitto.uid.to_string(), "the broker kept root");
+    }
     let desired = |id: &str| format!("skerry/v1/{id}/desired");
     let up = |id: &str| format!("skerry/v1/{id}/up");
 
@@ -368,4 +393,242 @@ fn devices_reach_only_their_own_topics_and_strangers_none() {
         broker.receive(&a, &desired(DEVICE_A), 1, 10),
         [format!("{} doc-a", desired(DEVICE_A))]
     );
+}
+
+/// `broker-config` for a broker on `port`, into its default directory (`broker` beside the
+/// config); returns the config file and the directory.
+fn broker_config(dir: &Path, port: u16) -> (PathBuf, PathBuf) {
+    let config = common::write_config(dir, &format!("[broker]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let out = Command::new(env!("CARGO_BIN_EXE_skerry-hub"))
+        .args(["broker-config", "--config"])
+        .arg(&config)
+        .output()
+        .expect("broker-config");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (config, dir.join("broker"))
+}
+
+/// An instance as registration stores it, with its certificate's serial.
+fn instance(id: &str, serial: &str) -> ContainerInstance {
+    ContainerInstance {
+        id: id.into(),
+        arn: format!("arn:aws:ecs:us-east-1:000000000000:container-instance/default/{id}"),
+        cluster: "default".into(),
+        activation_id: "1da5d8c4-2a28-44b5-ac86-911892afea04".into(),
+        hostname: id.into(),
+        architecture: "arm64".into(),
+        agent_version: "0.1.0".into(),
+        cpu_units: 1024,
+        memory_mib: 1024,
+        attributes: "{}".into(),
+        cert_serial: serial.into(),
+        status: "ACTIVE".into(),
+        agent_connected: true,
+        generation: 0,
+        applied_generation: 0,
+        registered_at: 1.0,
+        last_seen_at: None,
+    }
+}
+
+/// A device's own MQTT session, as its agent holds one: connected until the broker ends it.
+async fn device_session(
+    ca: &Ca,
+    id: &Identity,
+    instance_id: &str,
+    port: u16,
+) -> rumqttc::EventLoop {
+    let tls = link::client_tls_with(
+        ca,
+        &fs::read_to_string(&id.cert).expect("cert"),
+        &fs::read_to_string(&id.key).expect("key"),
+    )
+    .expect("tls");
+    let mut opts = MqttOptions::new(instance_id, "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(false)
+        .set_transport(Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(Arc::new(tls)),
+        ));
+    let (client, mut events) = AsyncClient::new(opts, 8);
+    std::mem::forget(client);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, events.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => return events,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("{instance_id} cannot connect: {e}"),
+            Err(_) => panic!("{instance_id} did not connect within 10 s"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deregistered_device_is_refused_and_its_open_connection_closed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let port = free_port();
+    let (config, out_dir) = broker_config(dir, port);
+    let config = Config::load(&config).expect("config");
+    assert_eq!(config.broker.dir, out_dir);
+    let ca = Arc::new(Ca::load_or_create(&config.ca_dir()).expect("CA"));
+    let ids = dir.join("ids");
+    fs::create_dir(&ids).expect("mkdir");
+    let (a, serial_a) = device_with_serial(&ca, &ids, DEVICE_A);
+    let (b, serial_b) = device_with_serial(&ca, &ids, DEVICE_B);
+    let store = Store::open(&config.data_dir).expect("store");
+    store.create_cluster("default", "[]", 1.0).expect("cluster");
+    for (id, serial) in [(DEVICE_A, &serial_a), (DEVICE_B, &serial_b)] {
+        store
+            .insert_container_instance(&instance(id, serial))
+            .expect("insert");
+    }
+    let deregister = |id: &str| {
+        store
+            .write(|tx| tx.set_instance_status(id, "DEREGISTERED"))
+            .expect("deregister");
+    };
+    let conf = out_dir.canonicalize().expect("abs").join("mosquitto.conf");
+    let broker = Broker::start(
+        &conf,
+        &out_dir.join("ca.crt"),
+        port,
+        &dir.join("mosquitto.log"),
+    );
+    let up = |id: &str| format!("skerry/v1/{id}/up");
+    let mut revocation = Revocation::new(&config.broker.dir, ca.clone(), config.broker.hub_url);
+    // With nobody deregistered the list names nobody, and after the reload it signals
+    // everyone still gets in (a reload that broke every handshake would show here).
+    assert_eq!(
+        revocation.publish(&store).expect("publish"),
+        Vec::<String>::new()
+    );
+    let mut session_a = device_session(&ca, &a, DEVICE_A, port).await;
+
+    let started = Instant::now();
+    deregister(DEVICE_A);
+    assert_eq!(revocation.publish(&store).expect("publish"), [DEVICE_A]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    revocation.kick(DEVICE_A).await.expect("kick");
+    // A's open connection is closed, and its reconnects fail the handshake.
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Err(e) = session_a.poll().await {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("A's open connection was not closed");
+    eprintln!("A's session ended: {closed}");
+    for _ in 0..3 {
+        let next = tokio::time::timeout(Duration::from_secs(5), session_a.poll()).await;
+        assert!(
+            !matches!(next, Ok(Ok(Event::Incoming(Packet::ConnAck(_))))),
+            "A reconnected"
+        );
+    }
+    let elapsed = started.elapsed();
+    let probe = |who: &Identity, id: &str| broker.publish(Some(who), &up(id), "x", false);
+    let (ok, err) = probe(&a, DEVICE_A);
+    assert!(!ok, "a revoked certificate was let in: {err}");
+    let (ok, err) = probe(&b, DEVICE_B);
+    assert!(ok, "B was refused after the reload: {err}");
+    eprintln!("A refused and its connection closed {elapsed:?} after deregistration");
+
+    // A second revocation at once (the same second) takes effect too: each list is dated
+    // after the one before, so the broker checks against the newest.
+    deregister(DEVICE_B);
+    let mut named = revocation.publish(&store).expect("publish");
+    named.sort();
+    assert_eq!(named, [DEVICE_A, DEVICE_B]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ok, err) = probe(&b, DEVICE_B);
+    assert!(!ok, "B's revoked certificate was let in: {err}");
+    let (ok, err) = probe(&a, DEVICE_A);
+    assert!(!ok, "A was let in again: {err}");
+    // The hub's own identity is untouched.
+    let (cert, key) = ca.issue_client_cert(HUB_IDENTITY).expect("hub identity");
+    let hub = save(&ids, "hub", &cert, &key);
+    let (ok, err) = broker.publish(Some(&hub), "skerry/v1/x/desired", "doc", false);
+    assert!(
+        ok,
+        "the hub was refused: {err}; log: {}",
+        fs::read_to_string(dir.join("mosquitto.log")).unwrap_or_default()
+    );
+}
+
+/// The whole path through the running hub: DeregisterContainerInstance, the revocation task,
+/// the broker's reload and the takeover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deregistering_through_the_api_cuts_the_device_off() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let port = free_port();
+    let (config, out_dir) = broker_config(dir, port);
+    let config = Config::load(&config).expect("config");
+    let ca = Ca::load_or_create(&config.ca_dir()).expect("CA");
+    let ids = dir.join("ids");
+    fs::create_dir(&ids).expect("mkdir");
+    let (a, serial_a) = device_with_serial(&ca, &ids, DEVICE_A);
+    {
+        let store = Store::open(&config.data_dir).expect("store");
+        store.create_cluster("default", "[]", 1.0).expect("cluster");
+        store
+            .insert_container_instance(&instance(DEVICE_A, &serial_a))
+            .expect("insert");
+    }
+    let conf = out_dir.canonicalize().expect("abs").join("mosquitto.conf");
+    let broker = Broker::start(
+        &conf,
+        &out_dir.join("ca.crt"),
+        port,
+        &dir.join("mosquitto.log"),
+    );
+    let hub = common::Hub::start(dir);
+    let mut session_a = device_session(&ca, &a, DEVICE_A, port).await;
+
+    let started = Instant::now();
+    hub.ok(&[
+        "ecs",
+        "deregister-container-instance",
+        "--cluster",
+        "default",
+        "--container-instance",
+        DEVICE_A,
+    ]);
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            if let Err(e) = session_a.poll().await {
+                return e;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "A's connection was not closed; hub log:\n{}",
+            fs::read_to_string(dir.join("hub.log")).unwrap_or_default()
+        )
+    });
+    let elapsed = started.elapsed();
+    eprintln!("A's session ended {elapsed:?} after DeregisterContainerInstance: {closed}");
+    let next = tokio::time::timeout(Duration::from_secs(5), session_a.poll()).await;
+    assert!(
+        !matches!(next, Ok(Ok(Event::Incoming(Packet::ConnAck(_))))),
+        "A reconnected"
+    );
+    let (ok, err) = broker.publish(Some(&a), &format!("skerry/v1/{DEVICE_A}/up"), "x", false);
+    assert!(!ok, "the deregistered device was let in: {err}");
+    common::eventually("the hub's log line", Duration::from_secs(10), || {
+        fs::read_to_string(dir.join("hub.log"))
+            .unwrap_or_default()
+            .contains("device cut off at the broker")
+            .then_some(())
+    });
+    hub.stop();
 }

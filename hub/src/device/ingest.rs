@@ -34,12 +34,21 @@ pub(super) fn set_os(
     Ok(())
 }
 
+/// The only status whose messages count.
+const ACTIVE: &str = "ACTIVE";
+
 pub(super) fn set_connected(
     tx: &mut Txn<'_>,
     instance_id: &str,
     connected: bool,
     now: f64,
-) -> Result<(), DeviceError> {
+) -> Result<Ingested, DeviceError> {
+    let link = tx
+        .link_state(instance_id)?
+        .ok_or_else(|| DeviceError::UnknownInstance(instance_id.to_string()))?;
+    if link.status != ACTIVE {
+        return Ok(Ingested::NotActive);
+    }
     if !tx.set_connected(instance_id, connected, now)? {
         return Err(DeviceError::UnknownInstance(instance_id.to_string()));
     }
@@ -62,7 +71,9 @@ pub(super) fn set_connected(
         }
         .into(),
     })?;
-    Ok(())
+    Ok(Ingested::Applied {
+        missing: Vec::new(),
+    })
 }
 
 /// One device message in `tx`. Sets `poke` when a service's task stopped.
@@ -77,6 +88,12 @@ pub(super) fn ingest(
     let link = tx
         .link_state(instance_id)?
         .ok_or_else(|| DeviceError::UnknownInstance(instance_id.to_string()))?;
+    if link.status != ACTIVE {
+        // A deregistered device is cut off: whatever it still manages to send counts for
+        // nothing, not even its sequence number.
+        tracing::debug!(instance = instance_id, status = %link.status, "message dropped");
+        return Ok(Ingested::NotActive);
+    }
     let seq = i64::try_from(envelope.seq).unwrap_or(i64::MAX);
     if seq <= link.up_seq {
         tracing::debug!(instance = instance_id, seq, "duplicate message ignored");
@@ -760,6 +777,43 @@ mod tests {
         // A status change does not change the document.
         let link = hub.store.link_state(&id).expect("link").expect("i");
         assert_eq!((link.generation, link.up_seq), (generation, 1));
+    }
+
+    #[test]
+    fn a_deregistered_instance_is_not_heard() {
+        let hub = hub();
+        let id = add_instance(&hub, 1, 4096, 4096);
+        register(&hub, web(64));
+        let arn = run(&hub, "web", 1).tasks[0].arn.clone();
+        let before = task(&hub, &arn);
+        let events = kinds(&hub, &id);
+        hub.write(|tx| tx.set_instance_status(&id, "DEREGISTERED"))
+            .expect("deregister");
+        let link = |hub: &Hub| hub.store.link_state(&id).expect("link").expect("i");
+        let up_seq = link(&hub).up_seq;
+        let messages = [
+            (
+                id.clone(),
+                DeviceMessage::Up(Box::new(envelope(7, state(&arn, TaskStatus::Running)))),
+            ),
+            (id.clone(), DeviceMessage::Presence { online: false }),
+        ];
+        let out = ingest_batch(&hub, &messages, 2000.0).expect("batch");
+        assert!(
+            out.iter().all(|o| matches!(o, Ok(Ingested::NotActive))),
+            "{out:?}"
+        );
+        assert_eq!(
+            ingest(&hub, &id, &envelope(8, state(&arn, TaskStatus::Stopped))),
+            Ingested::NotActive
+        );
+        set_connected(&hub, &id, true, 2001.0).expect("presence");
+        // Nothing it sent counted: not the task, not its seq, not its presence or events.
+        assert_eq!(task(&hub, &arn), before);
+        assert_eq!(link(&hub).up_seq, up_seq);
+        let instance = hub.store.container_instance(&id).expect("get").expect("i");
+        assert!(instance.agent_connected, "the presence offline was dropped");
+        assert_eq!(kinds(&hub, &id), events);
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub enum Ingested {
     /// Applied. `missing` are seqs before it that never arrived and that it does not
     /// account for.
     Applied { missing: Vec<RangeInclusive<u64>> },
+    /// Dropped unread: the instance is not ACTIVE (it was deregistered).
+    NotActive,
 }
 
 /// The instance's desired-state document: its generation, every task it is asked to
@@ -84,6 +86,7 @@ pub fn set_connected(
     now: f64,
 ) -> Result<(), DeviceError> {
     hub.write(|tx| ingest::set_connected(tx, instance_id, connected, now))
+        .map(|_| ())
 }
 
 /// Applies one message from the device `instance_id` (the id its certificate names),
@@ -122,15 +125,14 @@ pub fn ingest_batch(
                         ingest::ingest(tx, &hub.arns, instance_id, envelope, now, &mut poke)
                     }
                     DeviceMessage::Presence { online, os } => {
-                        match ingest::set_connected(tx, instance_id, *online, now)
-                            .and_then(|()| ingest::set_os(tx, instance_id, os))
-                        {
-                            Ok(()) | Err(DeviceError::UnknownInstance(_)) => {
-                                Ok(Ingested::Applied {
-                                    missing: Vec::new(),
-                                })
+                        match ingest::set_connected(tx, instance_id, *online, now) {
+                            Ok(applied @ Ingested::Applied { .. }) => {
+                                ingest::set_os(tx, instance_id, os).map(|()| applied)
                             }
-                            Err(e) => Err(e),
+                            Err(DeviceError::UnknownInstance(_)) => Ok(Ingested::Applied {
+                                missing: Vec::new(),
+                            }),
+                            other => other,
                         }
                     }
                 })

@@ -189,6 +189,18 @@ impl Store {
             .optional()?)
     }
 
+    /// Every deregistered instance's id and certificate serial, in id order: what the
+    /// broker's revocation list names.
+    pub fn revoked_certificates(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(
+            "SELECT id, cert_serial FROM container_instances
+             WHERE status = 'DEREGISTERED' AND cert_serial <> '' ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// The instances of `cluster` in registration order, deregistered ones included.
     pub fn container_instances(&self, cluster: &str) -> Result<Vec<ContainerInstance>, StoreError> {
         let conn = self.conn()?;

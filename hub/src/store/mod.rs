@@ -17,6 +17,12 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot make {path} private to the hub's user: {source}")]
+    Private {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("database {path}: {source}")]
     Open {
         path: PathBuf,
@@ -266,12 +272,39 @@ pub struct ActivationFilter {
 
 impl Store {
     /// Opens (creating if needed) `DIR/hub.db` and brings its schema up to date.
+    /// The directory is made (or tightened to) 0700 and the database 0600: they hold the CA's
+    /// key and every device's state, for the hub's user only. SQLite gives its WAL files the
+    /// database's mode.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+        let dir_err = |source| StoreError::CreateDir {
             path: dir.to_path_buf(),
             source,
-        })?;
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(dir_err)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(
+            |source| StoreError::Private {
+                path: dir.to_path_buf(),
+                source,
+            },
+        )?;
         let path = dir.join("hub.db");
+        let file_err = |source| StoreError::Private {
+            path: path.clone(),
+            source,
+        };
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(file_err)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(file_err)?;
         let open_err = |source| StoreError::Open {
             path: path.clone(),
             source,
@@ -682,6 +715,32 @@ fn get_task_definition(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_data_directory_and_database_are_the_hubs_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        let fresh = tmp.path().join("new/state");
+        Store::open(&fresh).expect("open");
+        assert_eq!(mode(&fresh), 0o700);
+        assert_eq!(mode(&fresh.join("hub.db")), 0o600);
+        // An older hub's world-readable ones are tightened.
+        let old = tmp.path().join("old");
+        std::fs::create_dir(&old).expect("mkdir");
+        std::fs::write(old.join("hub.db"), b"").expect("db");
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::set_permissions(old.join("hub.db"), std::fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+        Store::open(&old).expect("open");
+        assert_eq!(mode(&old), 0o700);
+        assert_eq!(mode(&old.join("hub.db")), 0o600);
+        for wal in ["hub.db-wal", "hub.db-shm"] {
+            if old.join(wal).exists() {
+                assert_eq!(mode(&old.join(wal)), 0o600, "{wal}");
+            }
+        }
+    }
 
     #[test]
     fn migrations_apply_once_and_state_survives_reopen() {

@@ -282,6 +282,8 @@ pub(crate) fn deregister(hub: &Hub, input: DeregisterInput, now: f64) -> Result<
     if stopped_any {
         hub.changes.poke_services();
     }
+    // Cut the device off at the broker too (its certificate is revoked).
+    hub.changes.poke_revocations();
     let i = hub
         .store
         .container_instance(&id)
