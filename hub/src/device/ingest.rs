@@ -796,7 +796,13 @@ mod tests {
                 id.clone(),
                 DeviceMessage::Up(Box::new(envelope(7, state(&arn, TaskStatus::Running)))),
             ),
-            (id.clone(), DeviceMessage::Presence { online: false }),
+            (
+                id.clone(),
+                DeviceMessage::Presence {
+                    online: false,
+                    os: OsReport::default(),
+                },
+            ),
         ];
         let out = ingest_batch(&hub, &messages, 2000.0).expect("batch");
         assert!(
