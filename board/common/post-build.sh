@@ -11,6 +11,13 @@ for s in S01syslogd S02klogd S35iptables S40network; do
 	rm -f "$TARGET/etc/init.d/$s"
 done
 
+# Root's console password comes from the boot partition at each boot (S04console
+# writes /run/skerry/shadow); the image's own shadow is only its template.
+if [ ! -L "$TARGET/etc/shadow" ]; then
+	mv "$TARGET/etc/shadow" "$TARGET/etc/shadow.image"
+fi
+ln -sfn /run/skerry/shadow "$TARGET/etc/shadow"
+
 # The clock's floor on a board without a real-time clock (see S01storage).
 mkdir -p "$TARGET/etc/skerry"
 echo "${SOURCE_DATE_EPOCH:-$(date +%s)}" > "$TARGET/etc/skerry/build-time"

@@ -54,6 +54,10 @@ use stack::{repo, Stack};
 const BOOT: Duration = Duration::from_secs(240);
 /// The OS version the card is built as; the device reports it.
 const OS_VERSION: &str = "1.0-e2e";
+/// Root's console password in the test; the card carries its hash
+/// (`mkpasswd -m sha512 -S skerrytestsalt0 skerry-console`).
+const CONSOLE_PASSWORD: &str = "skerry-console";
+const CONSOLE_HASH: &str = "$6$skerrytestsalt0$gTI/YvmI5AcrkOGlYy1nuvIEWFd6rykXwYaY0tTBIe1JHNXg7ZsHt0Wm3/XhRs24YsZXkb.tSGO5Py0S8sWcJ0";
 
 /// QEMU in its own process group, ended with the group when the test ends.
 struct Guest(Child);
@@ -177,7 +181,8 @@ impl Console {
             .unwrap_or_else(|| panic!("{cmd:?} did not finish; console:\n{}", self.tail()))
     }
 
-    /// Logs in as root (the image's only login) once the getty asks.
+    /// Logs in as root (the image's only login) once the getty asks, with the password
+    /// whose hash the test put on the card.
     fn login(&mut self, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
@@ -195,8 +200,19 @@ impl Console {
                 self.tail()
             );
         }
+        let from = self.len();
         self.send("root");
-        self.wait_for("BusyBox", Duration::from_secs(30));
+        self.wait_from(from, "Password:", Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("no password prompt; console:\n{}", self.tail()));
+        let from = self.len();
+        self.send(CONSOLE_PASSWORD);
+        self.wait_from(from, "BusyBox", Duration::from_secs(30))
+            .unwrap_or_else(|| {
+                panic!(
+                    "the console password was refused; console:\n{}",
+                    self.tail()
+                )
+            });
     }
 
     /// Runs the shell condition `cond` until it holds.
@@ -357,9 +373,13 @@ fn qemu_device_registers_runs_tasks_and_survives_link_loss_and_reboot() {
     // NTP from the host's loopback too: the guest talks to nothing else.
     let ntp = dir.path().join("ntp-servers");
     std::fs::write(&ntp, "10.0.2.2\n").expect("write");
+    // Root's console password (locked without it): CONSOLE_PASSWORD's hash.
+    let console_hash = dir.path().join("console-password-hash");
+    std::fs::write(&console_hash, format!("{CONSOLE_HASH}\n")).expect("write");
     let boot = skerry_card::BootPartition::open(&img).expect("the card's boot partition");
     boot.put(&insecure, "skerry/insecure-registries")
         .and_then(|()| boot.put(&ntp, "skerry/ntp-servers"))
+        .and_then(|()| boot.put(&console_hash, "skerry/console-password-hash"))
         .expect("write the card's settings");
 
     // For the first boot, which has no network: an arm64 image on the card under a name
