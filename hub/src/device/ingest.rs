@@ -8,7 +8,7 @@ use skerry_proto::desired::{DesiredStatus, SERVICE_GROUP_PREFIX};
 use skerry_proto::link::{Envelope, Message};
 use skerry_proto::status::{ContainerReport, HealthStatus, TaskReport, TaskStatus};
 
-use super::{DeviceError, Ingested};
+use super::{bounds, DeviceError, Ingested};
 use crate::arn::Arns;
 use crate::scheduler::{self, Demand};
 use crate::store::{
@@ -64,8 +64,6 @@ pub(super) fn ingest(
         tracing::debug!(instance = instance_id, seq, "duplicate message ignored");
         return Ok(Ingested::Duplicate);
     }
-    let covers = envelope.covers();
-    let missing = missing(u64::try_from(link.up_seq).unwrap_or(0), &covers);
     let time = envelope.entry.time;
     let mut ctx = Ctx {
         tx,
@@ -76,6 +74,25 @@ pub(super) fn ingest(
         now,
         poke: false,
     };
+    let (message, cut) = match bounds::check(envelope) {
+        Ok(checked) => checked,
+        Err(refusal) => {
+            // Consumed, so that it is not applied when it comes again, and recorded.
+            tracing::warn!(instance = instance_id, seq, %refusal, "device message refused");
+            ctx.tx.set_up_seq(instance_id, seq, now)?;
+            ctx.event(
+                None,
+                None,
+                "messageRefused",
+                format!("message seq {seq} refused: {refusal}"),
+            )?;
+            return Ok(Ingested::Applied {
+                missing: Vec::new(),
+            });
+        }
+    };
+    let covers = envelope.covers();
+    let missing = missing(u64::try_from(link.up_seq).unwrap_or(0), &covers);
     for r in &missing {
         tracing::warn!(
             instance = instance_id,
@@ -101,7 +118,19 @@ pub(super) fn ingest(
         .max(envelope.seq);
     ctx.tx
         .set_up_seq(instance_id, i64::try_from(high).unwrap_or(i64::MAX), now)?;
-    ctx.apply(&envelope.entry.message)?;
+    if cut > 0 {
+        ctx.event(
+            None,
+            None,
+            "fieldsCut",
+            format!(
+                "message seq {seq}: {cut} text fields longer than {} bytes or with control \
+                 characters were cut and cleaned",
+                bounds::MAX_TEXT
+            ),
+        )?;
+    }
+    ctx.apply(&message)?;
     *poke |= ctx.poke;
     Ok(Ingested::Applied { missing })
 }
@@ -121,6 +150,12 @@ fn missing(high: u64, covers: &[RangeInclusive<u64>]) -> Vec<RangeInclusive<u64>
     }
     out
 }
+
+/// How far past the hub's generation a device's report may move it. A hub restored from an
+/// older copy is behind its devices by the changes made since, never by a million; a claim
+/// beyond is a device lying or mad, and trusting it would let one message push the
+/// generation to `i64::MAX`, where the next change to the instance cannot be counted.
+pub const MAX_GENERATION_AHEAD: i64 = 1 << 20;
 
 /// One message being applied.
 struct Ctx<'a, 't, 'c> {
@@ -176,7 +211,9 @@ impl Ctx<'_, '_, '_> {
                 )?;
             }
             Message::Applied { generation } => {
-                self.applied(*generation)?;
+                if !self.applied(*generation)? {
+                    return Ok(());
+                }
                 self.event(
                     None,
                     None,
@@ -201,36 +238,61 @@ impl Ctx<'_, '_, '_> {
         Ok(())
     }
 
-    fn applied(&mut self, generation: u64) -> Result<(), DeviceError> {
-        let g = i64::try_from(generation).unwrap_or(i64::MAX);
+    /// Records the generation the device says it runs; whether the hub accepted it. A
+    /// device's number is trusted only so far beyond the hub's own
+    /// ([`MAX_GENERATION_AHEAD`]): past that it is recorded as refused and changes nothing.
+    fn applied(&mut self, generation: u64) -> Result<bool, DeviceError> {
+        let hub = self.link.generation;
+        let limit = hub.saturating_add(MAX_GENERATION_AHEAD);
+        let g = match i64::try_from(generation) {
+            Ok(g) if g <= limit => g,
+            _ => {
+                tracing::warn!(instance = %self.link.id, device = generation, hub, "device generation refused");
+                self.event(
+                    None,
+                    None,
+                    "generationRefused",
+                    format!(
+                        "ignored: the device says it runs generation {generation}, more than \
+                         {MAX_GENERATION_AHEAD} past the hub's {hub}"
+                    ),
+                )?;
+                return Ok(false);
+            }
+        };
         self.tx.set_applied_generation(&self.link.id, g)?;
         // The device runs a generation this hub never made (the hub's state was restored
         // from an older copy): move past it, or the next document is refused as older.
-        if g > self.link.generation {
+        if g > hub {
+            let next = g.checked_add(1).ok_or(StoreError::GenerationExhausted {
+                instance: self.link.id.clone(),
+            })?;
             tracing::warn!(
                 instance = %self.link.id,
                 device = g,
-                hub = self.link.generation,
+                hub,
                 "device is ahead of the hub's generation"
             );
-            self.tx.raise_generation(&self.link.id, g + 1)?;
+            self.tx.raise_generation(&self.link.id, next)?;
             self.event(
                 None,
                 None,
                 "generationBehind",
                 format!(
-                    "the device runs generation {g}, newer than the hub's {}; the next \
-                     document is generation {}",
-                    self.link.generation,
-                    g + 1
+                    "the device runs generation {g}, newer than the hub's {hub}; the next \
+                     document is generation {next}"
                 ),
             )?;
         }
-        Ok(())
+        Ok(true)
     }
 
     fn full_state(&mut self, generation: u64, reports: &[TaskReport]) -> Result<(), DeviceError> {
-        self.applied(generation)?;
+        // Which tasks the device dropped is read from its generation: a refused one
+        // says nothing the hub can use.
+        if !self.applied(generation)? {
+            return Ok(());
+        }
         let g = i64::try_from(generation).unwrap_or(i64::MAX);
         for r in reports {
             self.report(r)?;
@@ -959,6 +1021,167 @@ mod tests {
         assert_eq!(doc2.refused, [stray], "the device is told to stop it");
         assert!(doc2.generation > doc.generation);
         assert_eq!(kinds(&hub, &id), ["unknownTask", "unknownTask"]);
+    }
+
+    #[test]
+    fn a_report_out_of_bounds_is_refused_whole_and_recorded() {
+        let hub = hub();
+        let id = add_instance(&hub, 1, 4096, 4096);
+        register(&hub, web(64));
+        let arn = run(&hub, "web", 1).tasks[0].arn.clone();
+        let before = desired_document(&hub, &id).expect("d").expect("i");
+        // A megabyte-long ARN would be copied into the document's `refused` list.
+        let huge = format!(
+            "arn:aws:ecs:eu-west-1:123456789012:task/edge/{}",
+            "x".repeat(1 << 20)
+        );
+        assert_eq!(
+            ingest(&hub, &id, &envelope(1, state(&huge, TaskStatus::Running))),
+            Ingested::Applied { missing: vec![] }
+        );
+        assert!(hub.store.task(&huge).expect("get").is_none());
+        // A known task with a terminal escape in a container name changes nothing either.
+        let mut r = report(&arn, TaskStatus::Running);
+        r.containers[0].name = "web\u{1b}]0;owned\u{7}".into();
+        ingest(&hub, &id, &envelope(2, Message::TaskState { task: r }));
+        assert_eq!(task(&hub, &arn).last_status, TaskStatus::Pending);
+        assert_eq!(desired_document(&hub, &id).expect("d").expect("i"), before);
+        let events = hub.store.device_events(&id, 10).expect("events");
+        assert_eq!(kinds(&hub, &id), ["messageRefused", "messageRefused"]);
+        assert!(
+            events[0].message.contains("taskArn is 1048621 bytes"),
+            "{events:?}"
+        );
+        assert!(events[1].message.contains("container name"), "{events:?}");
+        assert!(events.iter().all(|e| e.message.len() < 200));
+        // Consumed: the replay is a duplicate, and the next message applies.
+        assert_eq!(
+            ingest(&hub, &id, &envelope(2, state(&arn, TaskStatus::Running))),
+            Ingested::Duplicate
+        );
+        ingest(&hub, &id, &envelope(3, state(&arn, TaskStatus::Running)));
+        assert_eq!(task(&hub, &arn).last_status, TaskStatus::Running);
+    }
+
+    #[test]
+    fn long_free_text_is_cut_and_the_cut_is_counted() {
+        let hub = hub();
+        let id = add_instance(&hub, 1, 4096, 4096);
+        let e = envelope(
+            1,
+            Message::Event {
+                kind: EventKind::Other,
+                task_arn: None,
+                container: None,
+                message: format!("\u{1b}[2J{}", "y".repeat(1 << 20)),
+            },
+        );
+        ingest(&hub, &id, &e);
+        let events = hub.store.device_events(&id, 10).expect("events");
+        assert_eq!(kinds(&hub, &id), ["fieldsCut", "other"]);
+        assert_eq!(events[1].message.len(), super::bounds::MAX_TEXT);
+        assert!(events[1].message.starts_with("\u{fffd}[2J"));
+    }
+
+    #[test]
+    fn a_hostile_generation_is_refused_and_the_instance_stays_usable() {
+        let hub = hub();
+        let attacker = add_instance(&hub, 1, 4096, 4096);
+        let honest = add_instance(&hub, 2, 4096, 4096);
+        register(&hub, web(64));
+        let daemon = add_service(&hub, "agent", 0, "DAEMON");
+        assert_eq!(pass(&hub, daemon, 2.0).started.len(), 2);
+        let generation = |id: &str| hub.store.link_state(id).expect("l").expect("i").generation;
+        let before = generation(&attacker);
+        let huge = [
+            u64::MAX,
+            i64::MAX as u64,
+            i64::MAX as u64 - 1,
+            (before + MAX_GENERATION_AHEAD + 1) as u64,
+        ];
+        for (seq, g) in (1..).zip(huge) {
+            ingest(
+                &hub,
+                &attacker,
+                &envelope(seq, Message::Applied { generation: g }),
+            );
+        }
+        ingest(
+            &hub,
+            &attacker,
+            &envelope(
+                5,
+                Message::FullState {
+                    generation: i64::MAX as u64,
+                    tasks: Vec::new(),
+                },
+            ),
+        );
+        assert_eq!(generation(&attacker), before, "the hub keeps its own count");
+        assert_eq!(kinds(&hub, &attacker), ["generationRefused"; 5]);
+        let doc = desired_document(&hub, &attacker).expect("d").expect("i");
+        assert_eq!(doc.tasks.len(), 1, "a refused full state drops no task");
+        // Within the bound it is the restored-hub case: the hub moves past it, once.
+        let ahead = before + MAX_GENERATION_AHEAD;
+        ingest(
+            &hub,
+            &attacker,
+            &envelope(
+                6,
+                Message::Applied {
+                    generation: ahead as u64,
+                },
+            ),
+        );
+        assert_eq!(generation(&attacker), ahead + 1);
+        // The DAEMON service still passes over the whole cluster, and the attacker can be
+        // deregistered (with its task), which bumps its generation once more.
+        pass(&hub, daemon, 3.0);
+        let out = crate::api::ecs::instances::deregister(
+            &hub,
+            serde_json::from_value(
+                json!({"cluster": "edge", "containerInstance": attacker, "force": true}),
+            )
+            .expect("input"),
+            4.0,
+        )
+        .expect("deregister");
+        assert_eq!(out["containerInstance"]["status"], "INACTIVE");
+        assert!(generation(&attacker) > ahead + 1, "each change counted");
+        let outcome = pass(&hub, daemon, 5.0);
+        assert!(outcome.started.is_empty(), "{outcome:?}");
+        assert_eq!(
+            desired_document(&hub, &honest)
+                .expect("d")
+                .expect("i")
+                .tasks
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_generation_at_the_top_of_the_range_is_an_error_not_an_overflow() {
+        let hub = hub();
+        let id = add_instance(&hub, 1, 4096, 4096);
+        hub.write(|tx| tx.raise_generation(&id, i64::MAX))
+            .expect("raise");
+        let err = hub
+            .write(|tx| tx.bump_generation(&id))
+            .expect_err("no room above i64::MAX");
+        assert!(
+            err.to_string().contains("used up its generation numbers"),
+            "{err}"
+        );
+        // Nothing half-written: the row still reads.
+        assert_eq!(
+            hub.store.link_state(&id).expect("l").expect("i").generation,
+            i64::MAX
+        );
+        assert_eq!(
+            hub.write(|tx| tx.bump_generation("mi-none")).expect("none"),
+            None
+        );
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("database lock poisoned by an earlier panic; restart the hub")]
     Poisoned,
+    #[error("container instance {instance} has used up its generation numbers; deregister it and register the device again")]
+    GenerationExhausted { instance: String },
 }
 
 /// Numbered by position: `MIGRATIONS[0]` takes the schema to version 1. Append only.
@@ -170,6 +172,15 @@ CREATE TABLE service_events (
     message     TEXT NOT NULL
 );
 CREATE INDEX service_events_service ON service_events(service_id, id);
+"#,
+    // Generations a device pushed to the top of the range before they were bounded (an
+    // overflowed `+ 1` leaves a REAL, which no read takes): back to a value every later
+    // change can count from.
+    r#"
+UPDATE container_instances SET generation = 4503599627370496
+    WHERE typeof(generation) <> 'integer' OR generation > 4503599627370496;
+UPDATE container_instances SET applied_generation = 4503599627370496
+    WHERE typeof(applied_generation) <> 'integer' OR applied_generation > 4503599627370496;
 "#,
 ];
 
@@ -703,6 +714,39 @@ mod tests {
         );
         assert_eq!(s.list_clusters(None, 10).expect("list"), vec!["edge"]);
         assert!(s.task_definition("web", None).expect("get").is_some());
+    }
+
+    /// Migration 4 mends a generation an earlier hub let a device push past `i64::MAX`.
+    #[test]
+    fn an_overflowed_generation_is_mended_on_upgrade() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fix = MIGRATIONS
+            .iter()
+            .position(|m| m.contains("SET generation = 4503599627370496"))
+            .expect("the migration") as i64;
+        {
+            let s = Store::open(dir.path()).expect("open");
+            s.create_cluster("edge", "[]", 1.0).expect("cluster");
+            let conn = s.conn().expect("conn");
+            conn.execute_batch(&format!(
+                "INSERT INTO container_instances (id, arn, cluster, activation_id, hostname,
+                     architecture, agent_version, cpu_units, memory_mib, attributes, cert_serial,
+                     status, agent_connected, generation, applied_generation, registered_at)
+                 VALUES ('mi-1', 'arn:1', 'edge', 'a', 'h', 'arm64', '0', 1, 1, '{{}}', '01',
+                     'ACTIVE', 1, 9223372036854775807, 9223372036854775807, 1.0);
+                 UPDATE container_instances SET generation = generation + 1;
+                 UPDATE schema_version SET version = {fix};"
+            ))
+            .expect("an overflowed row");
+            drop(conn);
+            assert!(
+                s.link_state("mi-1").is_err(),
+                "the overflow made the row unreadable"
+            );
+        }
+        let s = Store::open(dir.path()).expect("reopen");
+        let link = s.link_state("mi-1").expect("readable").expect("row");
+        assert_eq!(link.generation, 1 << 52);
     }
 
     /// Each use of a cached statement runs the plan made once: a fleet-wide change runs the
