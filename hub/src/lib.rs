@@ -8,7 +8,7 @@
 //!
 //! The public surface is what the `skerry-hub` binary, the load generator and the hub's
 //! integration tests use: `server::run`, `config`, `ca`, `broker`, the link's TLS set-up
-//! (`link`), and, for tests that play devices in-process, `state`, `arn`, `device` and
+//! (`link`), the listeners' limits (`listener`), and, for tests that play devices in-process, `state`, `arn`, `device` and
 //! `store`. Every other module is `pub(crate)`.
 //!
 //! - `api`: the AWS JSON 1.1 protocol, the dispatch table and the operations:
@@ -28,7 +28,8 @@
 //! - `link`: the hub's MQTT client, which carries the device side over the broker.
 //! - `server`: the API listener, request handling and graceful shutdown.
 //! - `register`: the HTTPS listener devices register with (`POST /v1/register`).
-//! - `listener`: the bounded accept loop both listeners use.
+//! - `listener`: what both listeners share: the bounded accept loop, the per-address
+//!   connection limit and the body-read deadline.
 //! - `config`: the TOML configuration, checked into [`config::Config`] at startup.
 //! - `ca`: the hub's certificate authority: device, server and hub client certificates.
 //! - `broker`: the Mosquitto configuration and ACL `skerry-hub broker-config` writes.
@@ -47,7 +48,7 @@ pub(crate) mod clock;
 pub mod config;
 pub mod device;
 pub mod link;
-pub(crate) mod listener;
+pub mod listener;
 pub(crate) mod register;
 pub(crate) mod scheduler;
 pub mod server;
