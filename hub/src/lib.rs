@@ -25,6 +25,8 @@
 //!   (`scheduler/service_loop.rs`).
 //! - `device`: the device side, without the transport: desired-state documents out
 //!   (`device/documents.rs`) and device messages in (`device/ingest.rs`).
+//! - `quota`: each device's message quota (a token bucket), what is over it dropped and
+//!   counted.
 //! - `link`: the hub's MQTT client, which carries the device side over the broker.
 //! - `server`: the API listener, request handling and graceful shutdown.
 //! - `register`: the HTTPS listener devices register with (`POST /v1/register`).
@@ -49,6 +51,7 @@ pub mod config;
 pub mod device;
 pub mod link;
 pub mod listener;
+pub mod quota;
 pub(crate) mod register;
 pub(crate) mod scheduler;
 pub mod server;

@@ -1,6 +1,6 @@
 //! Ingest in: one device message applied in the caller's transaction.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::RangeInclusive;
 
 use serde_json::{json, Map, Value};
@@ -10,7 +10,9 @@ use skerry_proto::status::{ContainerReport, HealthStatus, TaskReport, TaskStatus
 
 use super::{bounds, DeviceError, Ingested};
 use crate::arn::Arns;
+use crate::quota::{self, Verdict};
 use crate::scheduler::{self, Demand};
+use crate::state::Hub;
 use crate::store::{
     desired_status_name, health_status_name, task_status_name, DeviceEvent, LinkState, StoreError,
     TaskRow, Txn,
@@ -50,7 +52,7 @@ pub(super) fn set_connected(
 /// One device message in `tx`. Sets `poke` when a service's task stopped.
 pub(super) fn ingest(
     tx: &mut Txn<'_>,
-    arns: &Arns,
+    hub: &Hub,
     instance_id: &str,
     envelope: &Envelope,
     now: f64,
@@ -67,13 +69,41 @@ pub(super) fn ingest(
     let time = envelope.entry.time;
     let mut ctx = Ctx {
         tx,
-        arns,
+        arns: &hub.arns,
         link: &link,
         seq,
         time,
         now,
         poke: false,
     };
+    match hub.quotas.take(instance_id, now) {
+        Verdict::Dropped => {
+            // Consumed and counted; the count is reported with the next message let through.
+            ctx.tx.set_up_seq(instance_id, seq, now)?;
+            return Ok(Ingested::Applied {
+                missing: Vec::new(),
+            });
+        }
+        Verdict::Allowed { dropped: 0 } => {}
+        Verdict::Allowed { dropped } => {
+            tracing::warn!(
+                instance = instance_id,
+                dropped,
+                "device messages over its quota dropped"
+            );
+            ctx.event(
+                None,
+                None,
+                "rateLimited",
+                format!(
+                    "{dropped} messages before seq {seq} were dropped unread: over the quota of \
+                     {} per second (bursts of {})",
+                    quota::RATE,
+                    quota::BURST
+                ),
+            )?;
+        }
+    }
     let (message, cut) = match bounds::check(envelope) {
         Ok(checked) => checked,
         Err(refusal) => {
@@ -499,6 +529,20 @@ impl Ctx<'_, '_, '_> {
                 }
             }
         }
+        // A device cannot make the hub keep tasks without end by reporting new ARNs: past
+        // the bound, one more is only an event (the device's quota bounds those).
+        let live = self.tx.unstopped_instance_task_count(&self.link.id)?;
+        if r.last_status != TaskStatus::Stopped && live >= bounds::MAX_TASKS {
+            return Ok(self.event(
+                Some(&r.task_arn),
+                None,
+                "unknownTaskIgnored",
+                format!(
+                    "ignored: the instance already has {live} tasks not STOPPED, at most {}",
+                    bounds::MAX_TASKS
+                ),
+            )?);
+        }
         let reference = r
             .task_definition_arn
             .as_deref()
@@ -640,15 +684,24 @@ fn state_message(before: Option<&TaskRow>, after: &TaskRow) -> String {
     m
 }
 
-/// The stored container objects with the device's reports applied, matched by name; a
-/// container the hub did not list is added.
+/// The stored container objects with the device's reports applied, matched by name (one
+/// pass over each, whatever the device sends); a container the hub did not list is added
+/// while the task has fewer than [`bounds::MAX_CONTAINERS`], so reports cannot grow a task
+/// without end.
 fn merge_containers(stored: &[Value], reports: &[ContainerReport]) -> Vec<Value> {
     let mut out: Vec<Value> = stored.to_vec();
+    let mut by_name: HashMap<String, usize> = out
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| v["name"].as_str().map(|n| (n.to_string(), i)))
+        .collect();
     for c in reports {
-        let i = match out.iter().position(|v| v["name"] == c.name.as_str()) {
-            Some(i) => i,
+        let i = match by_name.get(c.name.as_str()) {
+            Some(&i) => i,
+            None if out.len() >= bounds::MAX_CONTAINERS => continue,
             None => {
                 out.push(json!({"name": c.name, "networkInterfaces": []}));
+                by_name.insert(c.name.clone(), out.len() - 1);
                 out.len() - 1
             }
         };
@@ -1182,6 +1235,134 @@ mod tests {
             hub.write(|tx| tx.bump_generation("mi-none")).expect("none"),
             None
         );
+    }
+
+    #[test]
+    fn events_are_trimmed_by_the_hubs_count_whatever_seqs_a_device_picks() {
+        use crate::store::{DEVICE_EVENTS_KEPT, TRIM_EVERY};
+        let hub = hub();
+        let id = add_instance(&hub, 1, 4096, 4096);
+        let flood = 3 * DEVICE_EVENTS_KEPT;
+        // Seqs that are never a multiple of 64, which once kept the trim from running.
+        // Slow enough for the device's quota: this is about the trim alone.
+        for (n, seq) in (0..flood).map(|n| (n, n * 64 + 1)) {
+            let e = envelope(
+                seq as u64,
+                Message::Event {
+                    kind: EventKind::Other,
+                    task_arn: None,
+                    container: None,
+                    message: format!("event {seq}"),
+                },
+            );
+            crate::device::ingest(&hub, &id, &e, 1000.0 + n as f64).expect("ingest");
+        }
+        let kept = hub
+            .store
+            .device_events(&id, usize::MAX >> 1)
+            .expect("events");
+        assert!(
+            kept.len() < (DEVICE_EVENTS_KEPT + TRIM_EVERY) as usize,
+            "{}",
+            kept.len()
+        );
+        assert!(kept.len() >= DEVICE_EVENTS_KEPT as usize);
+        // The newest survive.
+        let last = kept.last().expect("some");
+        assert_eq!(last.message, format!("event {}", (flood - 1) * 64 + 1));
+    }
+
+    #[test]
+    fn reports_cannot_grow_a_tasks_containers_without_end() {
+        let stored = vec![json!({"name": "web", "memory": "64"})];
+        let named = |prefix: &str| -> Vec<ContainerReport> {
+            (0..bounds::MAX_CONTAINERS)
+                .map(|n| {
+                    let mut c = report("arn:t", TaskStatus::Running).containers.remove(0);
+                    c.name = format!("{prefix}{n}");
+                    c
+                })
+                .collect()
+        };
+        let mut merged = merge_containers(&stored, &named("a"));
+        merged = merge_containers(&merged, &named("b"));
+        assert_eq!(merged.len(), bounds::MAX_CONTAINERS);
+        assert_eq!(merged[0]["memory"], "64", "the hub's own container is kept");
+        // A container already there is still updated.
+        let mut web = report("arn:t", TaskStatus::Stopped).containers;
+        web[0].exit_code = Some(3);
+        let merged = merge_containers(&merged, &web);
+        assert_eq!(merged[0]["exitCode"], 3);
+        assert_eq!(merged.len(), bounds::MAX_CONTAINERS);
+    }
+
+    #[test]
+    fn a_device_over_its_quota_is_dropped_counted_and_told() {
+        let hub = hub();
+        let id = add_instance(&hub, 1, 4096, 4096);
+        let other = add_instance(&hub, 2, 4096, 4096);
+        let event = |seq: u64| {
+            envelope(
+                seq,
+                Message::Event {
+                    kind: EventKind::Other,
+                    task_arn: None,
+                    container: None,
+                    message: format!("event {seq}"),
+                },
+            )
+        };
+        let burst = crate::quota::BURST as u64;
+        for seq in 1..=burst + 10 {
+            crate::device::ingest(&hub, &id, &event(seq), 1000.0).expect("ingest");
+        }
+        let last = |id: &str, n: usize| hub.store.device_events(id, n).expect("events");
+        assert_eq!(
+            last(&id, 1)[0].message,
+            format!("event {burst}"),
+            "the excess left no trace"
+        );
+        // Consumed: a replay of a dropped seq is a duplicate.
+        assert_eq!(
+            crate::device::ingest(&hub, &id, &event(burst + 5), 1000.0).expect("ingest"),
+            Ingested::Duplicate
+        );
+        // Another device is served meanwhile.
+        crate::device::ingest(&hub, &other, &event(1), 1000.0).expect("ingest");
+        assert_eq!(last(&other, 10).len(), 1);
+        // A second later the device is let through again, and told what was dropped.
+        crate::device::ingest(&hub, &id, &event(burst + 11), 1001.0).expect("ingest");
+        let told = last(&id, 2);
+        assert_eq!(told[0].kind, "rateLimited");
+        assert!(
+            told[0].message.starts_with("10 messages before seq"),
+            "{told:?}"
+        );
+        assert_eq!(told[1].message, format!("event {}", burst + 11));
+    }
+
+    #[test]
+    fn unknown_tasks_a_device_invents_are_bounded() {
+        let hub = hub();
+        let id = add_instance(&hub, 1, 4096, 4096);
+        let arn = |n: usize| format!("arn:aws:ecs:eu-west-1:123456789012:task/edge/stray{n}");
+        // Each report on a second of its own, to stay within the device's quota.
+        let n = super::bounds::MAX_TASKS + 5;
+        for i in 0..n {
+            let e = envelope(i as u64 + 1, state(&arn(i), TaskStatus::Running));
+            crate::device::ingest(&hub, &id, &e, 1000.0 + i as f64).expect("ingest");
+        }
+        let kept = hub
+            .write(|tx| tx.unstopped_instance_task_count(&id))
+            .expect("count");
+        assert_eq!(kept, super::bounds::MAX_TASKS);
+        assert!(hub.store.task(&arn(n - 1)).expect("get").is_none());
+        assert_eq!(
+            kinds(&hub, &id).last().map(String::as_str),
+            Some("unknownTaskIgnored")
+        );
+        let doc = desired_document(&hub, &id).expect("d").expect("i");
+        assert_eq!(doc.refused.len(), super::bounds::MAX_TASKS);
     }
 
     #[test]

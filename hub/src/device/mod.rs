@@ -129,8 +129,7 @@ pub fn ingest(
     now: f64,
 ) -> Result<Ingested, DeviceError> {
     let mut poke = false;
-    let out =
-        hub.write(|tx| ingest::ingest(tx, &hub.arns, instance_id, envelope, now, &mut poke))?;
+    let out = hub.write(|tx| ingest::ingest(tx, hub, instance_id, envelope, now, &mut poke))?;
     if poke {
         hub.changes.poke_services();
     }
@@ -153,7 +152,7 @@ pub fn ingest_batch(
             .map(|(instance_id, message)| {
                 tx.attempt(|tx| match message {
                     DeviceMessage::Up(envelope) => {
-                        ingest::ingest(tx, &hub.arns, instance_id, envelope, now, &mut poke)
+                        ingest::ingest(tx, hub, instance_id, envelope, now, &mut poke)
                     }
                     DeviceMessage::Presence { online } => {
                         match ingest::set_connected(tx, instance_id, *online, now) {

@@ -431,6 +431,17 @@ impl Txn<'_> {
         )
     }
 
+    /// How many tasks on the instance are not reported STOPPED.
+    pub fn unstopped_instance_task_count(&self, instance_id: &str) -> Result<usize, StoreError> {
+        let n: i64 = self
+            .tx
+            .prepare_cached(
+                "SELECT COUNT(*) FROM tasks WHERE instance_id = ?1 AND last_status <> 'STOPPED'",
+            )?
+            .query_row(params![instance_id], |r| r.get(0))?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
     /// Tasks on the instance not reported STOPPED, oldest first.
     pub fn unstopped_instance_tasks(&self, instance_id: &str) -> Result<Vec<TaskRow>, StoreError> {
         query_tasks(
