@@ -64,7 +64,8 @@ pub fn check(envelope: &Envelope) -> Result<(Message, usize), Refusal> {
                 report(t, &mut cut)?;
             }
         }
-        Message::Dropped { what, .. } => id("dropped what", what)?,
+        // The agent's own words ("log lines", "task events (…)"): free text.
+        Message::Dropped { what, .. } => text(what, &mut cut),
         Message::Applied { .. } | Message::Metrics(_) => {}
     }
     Ok((message, cut))
@@ -230,11 +231,20 @@ mod tests {
                 ..
             })
         ));
+        // What the agent says it dropped is free text: kept as it is.
         let dropped = envelope(Message::Dropped {
-            what: long,
+            what: "task events (the outbox could not take them fast enough)".into(),
             count: 1,
         });
-        assert!(check(&dropped).is_err());
+        assert_eq!(
+            check(&dropped).expect("kept"),
+            (dropped.entry.message.clone(), 0)
+        );
+        let long_what = envelope(Message::Dropped {
+            what: "x".repeat(MAX_TEXT + 1),
+            count: 1,
+        });
+        assert_eq!(check(&long_what).expect("cut").1, 1);
     }
 
     #[test]
