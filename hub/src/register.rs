@@ -41,7 +41,7 @@ use crate::store::{ActivationFilter, CodeHash, NewInstance, RegisterOutcome, Sto
 pub const DEFAULT_CLUSTER: &str = "default";
 /// A request is a few hundred bytes of JSON and a CSR; anything near this is not one.
 const MAX_BODY: usize = 64 * 1024;
-const MAX_CONNECTIONS: usize = 64;
+const MAX_CONNECTIONS: usize = 256;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
