@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
-use skerry_proto::link::ROOT;
+use skerry_proto::link::{self, ROOT};
 use x509_parser::extensions::GeneralName;
 
 use crate::ca::{self, Ca, CaError, HUB_IDENTITY};
@@ -31,6 +31,10 @@ pub const CRL_FILE: &str = "crl.pem";
 pub const PID_FILE: &str = "data/mosquitto.pid";
 /// Where Mosquitto keeps retained messages (the desired-state documents) across restarts.
 pub const PERSISTENCE_DIR: &str = "data";
+/// What the broker queues for one client at most (`max_queued_bytes`): for the hub's
+/// session, everything devices send while the hub is away. 256 MiB is about a million
+/// typical device messages; the broker's persistence stays within it.
+pub const MAX_QUEUED_BYTES: usize = 256 << 20;
 /// A broker certificate closer than this to its end is replaced on the next run.
 const RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
 
@@ -233,6 +237,14 @@ fn mosquitto_conf(config: &Config, out: &Path) -> String {
          # devices send it (devices drop a message from their outbox once the broker has\n\
          # it), so the queue must not drop at the default 1000.\n\
          max_queued_messages 10000000\n\
+         # ...but one device flooding while the hub is away must not fill the disk: the\n\
+         # queue also stops at this many bytes per client (a device's outbox records a gap).\n\
+         max_queued_bytes {queued_bytes}\n\
+         # One size limit for every message (the link's MAX_PAYLOAD), below what the hub's\n\
+         # and the agent's clients accept: a larger payload is acknowledged and dropped, a\n\
+         # larger packet disconnects its sender. It never reaches the hub's session.\n\
+         message_size_limit {payload}\n\
+         max_packet_size {packet}\n\
          # Unacknowledged messages to one client; the hub's link reads ahead this far.\n\
          max_inflight_messages {inflight}\n\
          log_dest stderr\n\
@@ -260,6 +272,9 @@ fn mosquitto_conf(config: &Config, out: &Path) -> String {
         user = config.broker.user,
         crl = path(CRL_FILE),
         inflight = crate::link::BROKER_INFLIGHT,
+        queued_bytes = MAX_QUEUED_BYTES,
+        payload = link::MAX_PAYLOAD,
+        packet = link::MAX_PACKET,
         data = path(PERSISTENCE_DIR),
         port = listen.port(),
         ip = listen.ip(),
@@ -373,6 +388,16 @@ mod tests {
         let conf = String::from_utf8(read(CONF_FILE)).expect("utf8");
         assert!(conf.contains("listener 18883 127.0.0.1\n"), "{conf}");
         assert!(conf.contains("require_certificate true\n"));
+        for (option, value) in [
+            ("message_size_limit", link::MAX_PAYLOAD),
+            ("max_packet_size", link::MAX_PACKET),
+            ("max_queued_bytes", MAX_QUEUED_BYTES),
+        ] {
+            assert!(
+                conf.contains(&format!("\n{option} {value}\n")),
+                "{option}: {conf}"
+            );
+        }
         // A listener option above the first `listener` line would open the default
         // listener on 1883 as well.
         let listener = conf.find("\nlistener ").expect("a listener");

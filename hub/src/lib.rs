@@ -8,7 +8,8 @@
 //!
 //! The public surface is what the `skerry-hub` binary, the load generator and the hub's
 //! integration tests use: `server::run`, `config`, `ca`, `broker`, `revocation`, the link's
-//! TLS set-up (`link`), and, for tests that play devices in-process, `state`, `arn`, `device` and
+//! TLS set-up (`link`), the listeners' limits (`listener`), and, for tests that play devices
+//! in-process, `state`, `arn`, `device` and
 //! `store`. Every other module is `pub(crate)`.
 //!
 //! - `api`: the AWS JSON 1.1 protocol, the dispatch table and the operations:
@@ -25,10 +26,13 @@
 //!   (`scheduler/service_loop.rs`).
 //! - `device`: the device side, without the transport: desired-state documents out
 //!   (`device/documents.rs`) and device messages in (`device/ingest.rs`).
+//! - `quota`: each device's message quota (a token bucket), what is over it dropped and
+//!   counted.
 //! - `link`: the hub's MQTT client, which carries the device side over the broker.
 //! - `server`: the API listener, request handling and graceful shutdown.
 //! - `register`: the HTTPS listener devices register with (`POST /v1/register`).
-//! - `listener`: the bounded accept loop both listeners use.
+//! - `listener`: what both listeners share: the bounded accept loop, the per-address
+//!   connection limit and the body-read deadline.
 //! - `config`: the TOML configuration, checked into [`config::Config`] at startup.
 //! - `ca`: the hub's certificate authority: device, server and hub client certificates.
 //! - `broker`: the Mosquitto configuration and ACL `skerry-hub broker-config` writes.
@@ -49,7 +53,8 @@ pub(crate) mod clock;
 pub mod config;
 pub mod device;
 pub mod link;
-pub(crate) mod listener;
+pub mod listener;
+pub mod quota;
 pub(crate) mod register;
 pub mod revocation;
 pub(crate) mod scheduler;

@@ -62,8 +62,11 @@ const _: () = assert!(BROKER_INFLIGHT < WORK_QUEUE);
 const INGEST_BATCH: usize = BROKER_INFLIGHT;
 /// Desired-state documents built from one store snapshot.
 const DOCUMENT_BATCH: usize = 256;
-/// Desired-state documents carry whole task definitions.
+/// Above the broker's own limit ([`link::MAX_PACKET`]): the broker refuses what is too large
+/// before it reaches the hub's session, where this client refusing it would drop the link
+/// and meet the same message again on every reconnect.
 const MAX_PACKET: usize = 4 << 20;
+const _: () = assert!(MAX_PACKET > link::MAX_PACKET);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -199,6 +202,9 @@ async fn receive(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
+                if p.retain {
+                    clear_retained(&client, &p.topic);
+                }
                 if tx.send(p).await.is_err() {
                     break;
                 }
@@ -220,6 +226,21 @@ async fn receive(
     let _ = worker.await;
 }
 
+/// Devices may not keep retained messages on their `up` topic (the broker's ACL cannot
+/// forbid the retain flag): one would be stored by the broker and sent to the hub again on
+/// every reconnect. The broker marks it retained when the hub subscribes, and the hub
+/// clears it then, with an empty retained message (QoS 0: its documents alone wait for
+/// PubAcks). A device's presence is retained by design and stays.
+fn clear_retained(client: &AsyncClient, topic: &str) {
+    if !matches!(link::parse_topic(topic), Some((_, Channel::Up))) {
+        return;
+    }
+    warn!(%topic, "clearing a retained device message");
+    if let Err(e) = client.try_publish(topic, QoS::AtMostOnce, true, Vec::new()) {
+        warn!(%topic, error = %e, "cannot clear a retained device message");
+    }
+}
+
 /// A device message as its topic and payload say, or why it is not one the hub uses
 /// (`Ok(None)`: nothing to apply, e.g. a cleared retained presence).
 fn parse(p: &Publish) -> Result<Option<(String, DeviceMessage)>, String> {
@@ -228,6 +249,8 @@ fn parse(p: &Publish) -> Result<Option<(String, DeviceMessage)>, String> {
         return Ok(None);
     };
     let message = match channel {
+        // The hub clearing a retained message (`clear_retained`).
+        Channel::Up if p.payload.is_empty() => return Ok(None),
         Channel::Up => DeviceMessage::Up(Box::new(
             serde_json::from_slice::<Envelope>(&p.payload)
                 .map_err(|e| format!("not an envelope: {e}"))?,
@@ -313,22 +336,7 @@ async fn publish_documents(
         }
         for ids in dirty.chunks(DOCUMENT_BATCH) {
             let (hub2, ids2) = (hub.clone(), ids.to_vec());
-            let built = tokio::task::spawn_blocking(move || {
-                device::desired_documents(&hub2, &ids2).map(|docs| {
-                    docs.into_iter()
-                        .map(|d| {
-                            d.map(|d| {
-                                d.map(|d| {
-                                    let payload = serde_json::to_vec(&d)
-                                        .expect("a desired-state document serializes");
-                                    (d.generation, payload)
-                                })
-                            })
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .await;
+            let built = tokio::task::spawn_blocking(move || payloads(&hub2, &ids2)).await;
             let built = match built {
                 Ok(Ok(built)) => built,
                 Ok(Err(e)) => {
@@ -341,13 +349,8 @@ async fn publish_documents(
                 }
             };
             for (instance, doc) in ids.iter().zip(built) {
-                let (generation, payload) = match doc {
-                    Ok(Some(doc)) => doc,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        warn!(%instance, error = %e, "cannot build the desired-state document");
-                        continue;
-                    }
+                let Some((generation, payload)) = doc else {
+                    continue;
                 };
                 let topic = link::topic(instance, Channel::Desired);
                 debug!(%instance, generation, "publishing desired state");
@@ -374,9 +377,79 @@ async fn publish_documents(
     }
 }
 
+/// A desired-state document ready to publish: its generation and its JSON.
+type Payload = (u64, Vec<u8>);
+
+/// The desired-state documents of `ids` as payloads, in order: `None` for an instance that
+/// is gone, whose document cannot be built, or whose document is larger than the link
+/// carries. The last is recorded as an event of the instance (`documentTooLarge`) and the
+/// device keeps its previous document: publishing it would only be dropped by the broker.
+fn payloads(hub: &Hub, ids: &[String]) -> Result<Vec<Option<Payload>>, crate::store::StoreError> {
+    let docs = device::desired_documents(hub, ids)?;
+    let mut out = Vec::with_capacity(docs.len());
+    for (instance, doc) in ids.iter().zip(docs) {
+        let doc = match doc {
+            Ok(Some(doc)) => doc,
+            Ok(None) => {
+                out.push(None);
+                continue;
+            }
+            Err(e) => {
+                warn!(%instance, error = %e, "cannot build the desired-state document");
+                out.push(None);
+                continue;
+            }
+        };
+        let payload = serde_json::to_vec(&doc).expect("a desired-state document serializes");
+        if payload.len() > link::MAX_PAYLOAD {
+            warn!(%instance, generation = doc.generation, bytes = payload.len(), limit = link::MAX_PAYLOAD, "desired-state document too large to publish");
+            if let Err(e) = device::document_too_large(
+                hub,
+                instance,
+                doc.generation,
+                payload.len(),
+                crate::clock::now(),
+            ) {
+                warn!(%instance, error = %e, "cannot record the oversized document");
+            }
+            out.push(None);
+            continue;
+        }
+        out.push(Some((doc.generation, payload)));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_document_too_large_for_the_link_is_recorded_not_built() {
+        use crate::scheduler::tests::{add_instance, hub, register, run};
+        let hub = hub();
+        let big = add_instance(&hub, 1, 4096, 4096);
+        // Three tasks of a definition carrying a 1 MiB variable: 3 MiB of document.
+        register(
+            &hub,
+            serde_json::json!({"family": "big", "containerDefinitions": [{
+                "name": "c", "image": "busybox", "memory": 8, "cpu": 1,
+                "environment": [{"name": "BLOB", "value": "b".repeat(1 << 20)}]}]}),
+        );
+        assert_eq!(run(&hub, "big", 3).tasks.len(), 3);
+        let small = add_instance(&hub, 2, 4096, 4096);
+        register(&hub, crate::scheduler::tests::web(8));
+        run(&hub, "web", 1);
+        let built = payloads(&hub, &[big.clone(), small.clone()]).expect("payloads");
+        assert!(built[0].is_none(), "the 3 MiB document is not built");
+        let (_, payload) = built[1].as_ref().expect("the other instance's document");
+        assert!(payload.len() <= link::MAX_PAYLOAD);
+        let events = hub.store.device_events(&big, 10).expect("events");
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].kind, "documentTooLarge");
+        assert!(events[0].message.contains(&link::MAX_PAYLOAD.to_string()));
+        assert!(hub.store.device_events(&small, 10).expect("e").is_empty());
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap_with_jitter() {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -31,7 +31,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::ca::{Ca, CaError};
-use crate::listener::accept_next;
+use crate::listener::{
+    accept_next, read_body, Accepted, BodyError, PerAddress, REGISTRATION_PER_ADDRESS,
+};
 use crate::state::Hub;
 use crate::store::{ActivationFilter, CodeHash, NewInstance, RegisterOutcome, StoreError};
 
@@ -39,7 +41,7 @@ use crate::store::{ActivationFilter, CodeHash, NewInstance, RegisterOutcome, Sto
 pub const DEFAULT_CLUSTER: &str = "default";
 /// A request is a few hundred bytes of JSON and a CSR; anything near this is not one.
 const MAX_BODY: usize = 64 * 1024;
-const MAX_CONNECTIONS: usize = 64;
+const MAX_CONNECTIONS: usize = 256;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -322,8 +324,15 @@ impl Listener {
     pub async fn run(self, shutdown: CancellationToken, grace: Duration) {
         let graceful = GracefulShutdown::new();
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        while let Some((permit, stream, peer)) =
-            accept_next(&self.listener, &slots, &shutdown, "registration").await
+        let per_address = PerAddress::new(REGISTRATION_PER_ADDRESS);
+        while let Some(Accepted { stream, peer, hold }) = accept_next(
+            &self.listener,
+            &slots,
+            &per_address,
+            &shutdown,
+            "registration",
+        )
+        .await
         {
             let acceptor = self.acceptor.clone();
             let registrar = self.registrar.clone();
@@ -355,7 +364,7 @@ impl Listener {
                 if let Err(e) = watcher.watch(conn).await {
                     tracing::debug!(%peer, error = %e, "registration connection ended with an error");
                 }
-                drop(permit);
+                drop(hold);
             });
         }
         drop(self.listener);
@@ -429,14 +438,10 @@ async fn register(
     registrar: Arc<Registrar>,
     req: Request<Incoming>,
 ) -> Result<RegistrationResponse, Refusal> {
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(Refusal::TooLarge),
-        Err(e) => {
-            return Err(Refusal::BadRequest(format!(
-                "cannot read the request body: {e}"
-            )))
-        }
+    let body = match read_body(req.into_body(), MAX_BODY).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge(_)) => return Err(Refusal::TooLarge),
+        Err(e) => return Err(Refusal::BadRequest(e.to_string())),
     };
     tokio::task::spawn_blocking(move || registrar.register(&body, crate::clock::now()))
         .await

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -29,7 +29,7 @@ use crate::arn::Arns;
 use crate::ca::{Ca, CaError};
 use crate::config::Config;
 use crate::link::{Link, LinkError};
-use crate::listener::accept_next;
+use crate::listener::{accept_next, read_body, Accepted, BodyError, PerAddress, API_PER_ADDRESS};
 use crate::register::{self, ListenError, Registrar};
 use crate::revocation::{self, Revocation};
 use crate::state::Hub;
@@ -148,8 +148,9 @@ impl Server {
         ));
         let graceful = GracefulShutdown::new();
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        while let Some((permit, stream, peer)) =
-            accept_next(&self.listener, &slots, &shutdown, "API").await
+        let per_address = PerAddress::new(API_PER_ADDRESS);
+        while let Some(Accepted { stream, peer, hold }) =
+            accept_next(&self.listener, &slots, &per_address, &shutdown, "API").await
         {
             let state = self.state.clone();
             let conn = http1::Builder::new()
@@ -164,7 +165,7 @@ impl Server {
                 if let Err(e) = conn.await {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
-                drop(permit);
+                drop(hold);
             });
         }
         drop(self.listener);
@@ -279,19 +280,22 @@ async fn respond(state: Arc<State>, req: Request<Incoming>) -> Result<serde_json
         ));
     }
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+    let body = match read_body(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(e @ BodyError::TooLarge(_)) => {
             return Err(ApiError::new(
                 413,
                 "RequestEntityTooLargeException",
-                format!("request body is over {MAX_BODY} bytes"),
+                e.to_string(),
             ))
+        }
+        Err(e @ BodyError::TimedOut) => {
+            return Err(ApiError::new(408, "RequestTimeoutException", e.to_string()))
         }
         Err(e) => {
             return Err(ApiError::bad_request(
                 "SerializationException",
-                format!("cannot read request body: {e}"),
+                e.to_string(),
             ))
         }
     };

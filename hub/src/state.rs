@@ -4,12 +4,15 @@
 
 use crate::arn::Arns;
 use crate::changes::Changes;
+use crate::quota::Quotas;
 use crate::store::{Store, StoreError, Txn};
 
 pub struct Hub {
     pub store: Store,
     pub arns: Arns,
     pub changes: Changes,
+    /// Each device's message quota (`device` takes from it).
+    pub quotas: Quotas,
 }
 
 impl Hub {
@@ -18,6 +21,7 @@ impl Hub {
             store,
             arns,
             changes: Changes::new(),
+            quotas: Quotas::new(),
         }
     }
 

@@ -23,6 +23,7 @@ use skerry_hub::config::Config;
 use skerry_hub::link;
 use skerry_hub::revocation::Revocation;
 use skerry_hub::store::{ContainerInstance, Store};
+use skerry_proto::link::{MAX_PACKET, MAX_PAYLOAD};
 use std::sync::Arc;
 
 const DEVICE_A: &str = "mi-0000000000000000a";
@@ -631,4 +632,175 @@ async fn deregistering_through_the_api_cuts_the_device_off() {
             .then_some(())
     });
     hub.stop();
+}
+
+impl Broker {
+    /// Publishes the file `payload` (too large for an argument); returns whether
+    /// mosquitto_pub succeeded.
+    fn publish_file(&self, who: &Identity, topic: &str, payload: &Path) -> bool {
+        let mut cmd = Command::new("mosquitto_pub");
+        self.tls_args(&mut cmd, Some(who));
+        cmd.args(["-t", topic, "-f"]).arg(payload);
+        run_bounded(&mut cmd, CLIENT_LIMIT).status.success()
+    }
+}
+
+/// A registered container instance of the cluster `edge`, written into the hub's store.
+fn add_instance(store: &Store, id: &str, n: u32, cpu: i64, memory: i64) -> String {
+    let arn = format!(
+        "arn:aws:ecs:{}:000000000000:container-instance/edge/{n:032x}",
+        common::REGION
+    );
+    store
+        .insert_container_instance(&ContainerInstance {
+            id: id.into(),
+            arn: arn.clone(),
+            cluster: "edge".into(),
+            activation_id: "1da5d8c4-2a28-44b5-ac86-911892afea04".into(),
+            hostname: format!("pi-{n}"),
+            architecture: "x86_64".into(),
+            agent_version: "0.1.0".into(),
+            cpu_units: cpu,
+            memory_mib: memory,
+            attributes: "{}".into(),
+            cert_serial: format!("{n:02x}"),
+            status: "ACTIVE".into(),
+            agent_connected: true,
+            generation: 0,
+            applied_generation: 0,
+            registered_at: f64::from(n),
+            last_seen_at: None,
+        })
+        .expect("insert instance");
+    arn
+}
+
+/// One registered device attacks the link with its own certificate: a retained message on
+/// its `up`, a payload over the link's limit and a packet over the broker's. The hub's link
+/// stays up (no reconnect), another device still gets the task placed on it, and the
+/// retained message is gone once the hub has seen it.
+#[test]
+fn one_device_cannot_stall_the_hubs_link() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let port = free_port();
+    common::write_config(dir, &format!("[broker]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let out_dir = dir.join("broker");
+    let out = Command::new(env!("CARGO_BIN_EXE_skerry-hub"))
+        .args(["broker-config", "--config"])
+        .arg(dir.join("hub.toml"))
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .expect("broker-config");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ca = Ca::load_or_create(&dir.join("state/ca")).expect("the CA broker-config made");
+    let ids = dir.join("ids");
+    fs::create_dir(&ids).expect("mkdir");
+    let a = device(&ca, &ids, DEVICE_A);
+    let b = device(&ca, &ids, DEVICE_B);
+    let (cert, key) = ca.issue_client_cert(HUB_IDENTITY).expect("hub identity");
+    let hub_id = save(&ids, "hub", &cert, &key);
+    let broker = Broker::start(
+        &out_dir.join("mosquitto.conf"),
+        &out_dir.join("ca.crt"),
+        port,
+        &dir.join("mosquitto.log"),
+    );
+    let up_a = format!("skerry/v1/{DEVICE_A}/up");
+    // Retained before the hub is there: the broker hands it to the hub's new subscription
+    // marked retained.
+    let (ok, err) = broker.publish(Some(&a), &up_a, "retained-garbage", true);
+    assert!(ok, "{err}");
+
+    let hub = common::Hub::start(dir);
+    hub.ok(&["ecs", "create-cluster", "--cluster-name", "edge"]);
+    let store = Store::open(&hub.state_dir()).expect("open the hub's store");
+    // A has no room, so the task can only go to B.
+    add_instance(&store, DEVICE_A, 1, 0, 0);
+    let b_arn = add_instance(&store, DEVICE_B, 2, 4096, 4096);
+    let linked = || fs::read_to_string(dir.join("hub.log")).unwrap_or_default();
+    common::eventually("the hub's link", Duration::from_secs(20), || {
+        linked().contains("broker link up").then_some(())
+    });
+
+    // Over the payload limit but under the packet limit: the broker acks and drops it.
+    let over_payload = dir.join("over-payload");
+    fs::write(&over_payload, vec![b'x'; MAX_PAYLOAD + 1]).expect("write");
+    broker.publish_file(&a, &up_a, &over_payload);
+    // Over the packet limit, as in the original attack (6 MiB): the broker disconnects A.
+    let over_packet = dir.join("over-packet");
+    fs::write(&over_packet, vec![b'x'; 6 << 20]).expect("write");
+    const { assert!(MAX_PACKET < 6 << 20) };
+    broker.publish_file(&a, &up_a, &over_packet);
+    // Retained again, while the hub is subscribed.
+    broker.publish(Some(&a), &up_a, "retained-again", true);
+
+    // B still gets its work.
+    let (mut sub, rx) = broker.subscriber(&b, &format!("skerry/v1/{DEVICE_B}/desired"));
+    hub.ok(&[
+        "ecs",
+        "register-task-definition",
+        "--family",
+        "web",
+        "--container-definitions",
+        r#"[{"name":"web","image":"busybox","memory":64,"cpu":128}]"#,
+    ]);
+    let run = hub.ok(&[
+        "ecs",
+        "run-task",
+        "--cluster",
+        "edge",
+        "--task-definition",
+        "web",
+    ]);
+    let task_arn = run["tasks"][0]["taskArn"]
+        .as_str()
+        .expect("a task")
+        .to_string();
+    assert_eq!(run["tasks"][0]["containerInstanceArn"], b_arn.as_str());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("B never got its task; hub log:\n{}", linked()));
+        if line.contains(&task_arn) {
+            break;
+        }
+    }
+    let _ = sub.kill();
+    let _ = sub.wait();
+    let log = linked();
+    assert_eq!(
+        log.matches("broker link up").count(),
+        1,
+        "the hub's link went down during the attack:\n{log}"
+    );
+    assert!(!log.contains("broker link down"), "{log}");
+    assert!(log.contains("clearing a retained device message"), "{log}");
+
+    // The hub cleared what it saw retained; with it stopped, nothing retained is left on
+    // A's `up` but what A sent while the hub was subscribed (the probe takes the hub's
+    // client id, so only once the hub is gone).
+    hub.stop();
+    let left = broker.receive(&hub_id, "skerry/v1/+/up", 2, 2);
+    assert_eq!(left, [format!("{up_a} retained-again")]);
+    // That one goes when the hub next connects.
+    let hub = common::Hub::start(dir);
+    common::eventually("the hub clearing it", Duration::from_secs(20), || {
+        (linked()
+            .matches("clearing a retained device message")
+            .count()
+            == 2)
+            .then_some(())
+    });
+    hub.stop();
+    assert_eq!(
+        broker.receive(&hub_id, "skerry/v1/+/up", 1, 2),
+        Vec::<String>::new()
+    );
 }

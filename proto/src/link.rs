@@ -22,6 +22,15 @@ pub const ROOT: &str = "skerry/v1";
 /// What the hub subscribes to for every device's messages.
 pub const UP_FILTER: &str = "skerry/v1/+/up";
 pub const PRESENCE_FILTER: &str = "skerry/v1/+/presence";
+/// The largest payload a message of the link may carry, either way: the broker drops a
+/// larger one (`message_size_limit`), the hub never publishes one, and both ends' MQTT
+/// clients take packets above [`MAX_PACKET`]. One device's oversized message thus never
+/// reaches the hub's session, where a client refusing it would reconnect into it for ever.
+pub const MAX_PAYLOAD: usize = 2 << 20;
+/// The largest packet the broker takes (`max_packet_size`; a client sending a larger one is
+/// disconnected): [`MAX_PAYLOAD`] with room for the fixed header, the longest topic MQTT
+/// allows and the packet id.
+pub const MAX_PACKET: usize = MAX_PAYLOAD + 5 + 2 + 65_535 + 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Channel {

@@ -42,7 +42,10 @@ const REFILL: usize = WINDOW / 4;
 /// rumqttc's request queue: the window, presence and the subscription fit with room.
 const REQUESTS: usize = WINDOW * 2 + 8;
 /// Desired-state documents and outbox records can be large (a FullState of many tasks).
+/// Above the broker's own limit ([`link::MAX_PACKET`]), so the broker refuses what is too
+/// large before this client would.
 const MAX_PACKET: usize = 8 << 20;
+const _: () = assert!(MAX_PACKET > link::MAX_PACKET);
 /// How long a clean shutdown waits to say it is offline.
 const GOODBYE: Duration = Duration::from_secs(2);
 /// Events the poller may get ahead of the session by.

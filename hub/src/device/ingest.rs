@@ -1,6 +1,6 @@
 //! Ingest in: one device message applied in the caller's transaction.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::RangeInclusive;
 
 use serde_json::{json, Map, Value};
@@ -8,9 +8,11 @@ use skerry_proto::desired::{DesiredStatus, SERVICE_GROUP_PREFIX};
 use skerry_proto::link::{Envelope, Message};
 use skerry_proto::status::{ContainerReport, HealthStatus, TaskReport, TaskStatus};
 
-use super::{DeviceError, Ingested, OsReport};
+use super::{bounds, DeviceError, Ingested, OsReport};
 use crate::arn::Arns;
+use crate::quota::{self, Verdict};
 use crate::scheduler::{self, Demand};
+use crate::state::Hub;
 use crate::store::{
     desired_status_name, health_status_name, task_status_name, DeviceEvent, LinkState, StoreError,
     TaskRow, Txn,
@@ -79,7 +81,7 @@ pub(super) fn set_connected(
 /// One device message in `tx`. Sets `poke` when a service's task stopped.
 pub(super) fn ingest(
     tx: &mut Txn<'_>,
-    arns: &Arns,
+    hub: &Hub,
     instance_id: &str,
     envelope: &Envelope,
     now: f64,
@@ -99,18 +101,63 @@ pub(super) fn ingest(
         tracing::debug!(instance = instance_id, seq, "duplicate message ignored");
         return Ok(Ingested::Duplicate);
     }
-    let covers = envelope.covers();
-    let missing = missing(u64::try_from(link.up_seq).unwrap_or(0), &covers);
     let time = envelope.entry.time;
     let mut ctx = Ctx {
         tx,
-        arns,
+        arns: &hub.arns,
         link: &link,
         seq,
         time,
         now,
         poke: false,
     };
+    match hub.quotas.take(instance_id, now) {
+        Verdict::Dropped => {
+            // Consumed and counted; the count is reported with the next message let through.
+            ctx.tx.set_up_seq(instance_id, seq, now)?;
+            return Ok(Ingested::Applied {
+                missing: Vec::new(),
+            });
+        }
+        Verdict::Allowed { dropped: 0 } => {}
+        Verdict::Allowed { dropped } => {
+            tracing::warn!(
+                instance = instance_id,
+                dropped,
+                "device messages over its quota dropped"
+            );
+            ctx.event(
+                None,
+                None,
+                "rateLimited",
+                format!(
+                    "{dropped} messages before seq {seq} were dropped unread: over the quota of \
+                     {} per second (bursts of {})",
+                    quota::RATE,
+                    quota::BURST
+                ),
+            )?;
+        }
+    }
+    let (message, cut) = match bounds::check(envelope) {
+        Ok(checked) => checked,
+        Err(refusal) => {
+            // Consumed, so that it is not applied when it comes again, and recorded.
+            tracing::warn!(instance = instance_id, seq, %refusal, "device message refused");
+            ctx.tx.set_up_seq(instance_id, seq, now)?;
+            ctx.event(
+                None,
+                None,
+                "messageRefused",
+                format!("message seq {seq} refused: {refusal}"),
+            )?;
+            return Ok(Ingested::Applied {
+                missing: Vec::new(),
+            });
+        }
+    };
+    let covers = envelope.covers();
+    let missing = missing(u64::try_from(link.up_seq).unwrap_or(0), &covers);
     for r in &missing {
         tracing::warn!(
             instance = instance_id,
@@ -136,7 +183,19 @@ pub(super) fn ingest(
         .max(envelope.seq);
     ctx.tx
         .set_up_seq(instance_id, i64::try_from(high).unwrap_or(i64::MAX), now)?;
-    ctx.apply(&envelope.entry.message)?;
+    if cut > 0 {
+        ctx.event(
+            None,
+            None,
+            "fieldsCut",
+            format!(
+                "message seq {seq}: {cut} text fields longer than {} bytes or with control \
+                 characters were cut and cleaned",
+                bounds::MAX_TEXT
+            ),
+        )?;
+    }
+    ctx.apply(&message)?;
     *poke |= ctx.poke;
     Ok(Ingested::Applied { missing })
 }
@@ -156,6 +215,12 @@ fn missing(high: u64, covers: &[RangeInclusive<u64>]) -> Vec<RangeInclusive<u64>
     }
     out
 }
+
+/// How far past the hub's generation a device's report may move it. A hub restored from an
+/// older copy is behind its devices by the changes made since, never by a million; a claim
+/// beyond is a device lying or mad, and trusting it would let one message push the
+/// generation to `i64::MAX`, where the next change to the instance cannot be counted.
+pub const MAX_GENERATION_AHEAD: i64 = 1 << 20;
 
 /// One message being applied.
 struct Ctx<'a, 't, 'c> {
@@ -211,7 +276,9 @@ impl Ctx<'_, '_, '_> {
                 )?;
             }
             Message::Applied { generation } => {
-                self.applied(*generation)?;
+                if !self.applied(*generation)? {
+                    return Ok(());
+                }
                 self.event(
                     None,
                     None,
@@ -236,36 +303,61 @@ impl Ctx<'_, '_, '_> {
         Ok(())
     }
 
-    fn applied(&mut self, generation: u64) -> Result<(), DeviceError> {
-        let g = i64::try_from(generation).unwrap_or(i64::MAX);
+    /// Records the generation the device says it runs; whether the hub accepted it. A
+    /// device's number is trusted only so far beyond the hub's own
+    /// ([`MAX_GENERATION_AHEAD`]): past that it is recorded as refused and changes nothing.
+    fn applied(&mut self, generation: u64) -> Result<bool, DeviceError> {
+        let hub = self.link.generation;
+        let limit = hub.saturating_add(MAX_GENERATION_AHEAD);
+        let g = match i64::try_from(generation) {
+            Ok(g) if g <= limit => g,
+            _ => {
+                tracing::warn!(instance = %self.link.id, device = generation, hub, "device generation refused");
+                self.event(
+                    None,
+                    None,
+                    "generationRefused",
+                    format!(
+                        "ignored: the device says it runs generation {generation}, more than \
+                         {MAX_GENERATION_AHEAD} past the hub's {hub}"
+                    ),
+                )?;
+                return Ok(false);
+            }
+        };
         self.tx.set_applied_generation(&self.link.id, g)?;
         // The device runs a generation this hub never made (the hub's state was restored
         // from an older copy): move past it, or the next document is refused as older.
-        if g > self.link.generation {
+        if g > hub {
+            let next = g.checked_add(1).ok_or(StoreError::GenerationExhausted {
+                instance: self.link.id.clone(),
+            })?;
             tracing::warn!(
                 instance = %self.link.id,
                 device = g,
-                hub = self.link.generation,
+                hub,
                 "device is ahead of the hub's generation"
             );
-            self.tx.raise_generation(&self.link.id, g + 1)?;
+            self.tx.raise_generation(&self.link.id, next)?;
             self.event(
                 None,
                 None,
                 "generationBehind",
                 format!(
-                    "the device runs generation {g}, newer than the hub's {}; the next \
-                     document is generation {}",
-                    self.link.generation,
-                    g + 1
+                    "the device runs generation {g}, newer than the hub's {hub}; the next \
+                     document is generation {next}"
                 ),
             )?;
         }
-        Ok(())
+        Ok(true)
     }
 
     fn full_state(&mut self, generation: u64, reports: &[TaskReport]) -> Result<(), DeviceError> {
-        self.applied(generation)?;
+        // Which tasks the device dropped is read from its generation: a refused one
+        // says nothing the hub can use.
+        if !self.applied(generation)? {
+            return Ok(());
+        }
         let g = i64::try_from(generation).unwrap_or(i64::MAX);
         for r in reports {
             self.report(r)?;
@@ -472,6 +564,20 @@ impl Ctx<'_, '_, '_> {
                 }
             }
         }
+        // A device cannot make the hub keep tasks without end by reporting new ARNs: past
+        // the bound, one more is only an event (the device's quota bounds those).
+        let live = self.tx.unstopped_instance_task_count(&self.link.id)?;
+        if r.last_status != TaskStatus::Stopped && live >= bounds::MAX_TASKS {
+            return Ok(self.event(
+                Some(&r.task_arn),
+                None,
+                "unknownTaskIgnored",
+                format!(
+                    "ignored: the instance already has {live} tasks not STOPPED, at most {}",
+                    bounds::MAX_TASKS
+                ),
+            )?);
+        }
         let reference = r
             .task_definition_arn
             .as_deref()
@@ -613,15 +719,24 @@ fn state_message(before: Option<&TaskRow>, after: &TaskRow) -> String {
     m
 }
 
-/// The stored container objects with the device's reports applied, matched by name; a
-/// container the hub did not list is added.
+/// The stored container objects with the device's reports applied, matched by name (one
+/// pass over each, whatever the device sends); a container the hub did not list is added
+/// while the task has fewer than [`bounds::MAX_CONTAINERS`], so reports cannot grow a task
+/// without end.
 fn merge_containers(stored: &[Value], reports: &[ContainerReport]) -> Vec<Value> {
     let mut out: Vec<Value> = stored.to_vec();
+    let mut by_name: HashMap<String, usize> = out
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| v["name"].as_str().map(|n| (n.to_string(), i)))
+        .collect();
     for c in reports {
-        let i = match out.iter().position(|v| v["name"] == c.name.as_str()) {
-            Some(i) => i,
+        let i = match by_name.get(c.name.as_str()) {
+            Some(&i) => i,
+            None if out.len() >= bounds::MAX_CONTAINERS => continue,
             None => {
                 out.push(json!({"name": c.name, "networkInterfaces": []}));
+                by_name.insert(c.name.clone(), out.len() - 1);
                 out.len() - 1
             }
         };
@@ -1037,6 +1152,295 @@ mod tests {
         assert_eq!(doc2.refused, [stray], "the device is told to stop it");
         assert!(doc2.generation > doc.generation);
         assert_eq!(kinds(&hub, &id), ["unknownTask", "unknownTask"]);
+    }
+
+    #[test]
+    fn a_report_out_of_bounds_is_refused_whole_and_recorded() {
+        let hub = hub();
+        let id = add_instance(&hub, 1, 4096, 4096);
+        register(&hub, web(64));
+        let arn = run(&hub, "web", 1).tasks[0].arn.clone();
+        let before = desired_document(&hub, &id).expect("d").expect("i");
+        // A megabyte-long ARN would be copied into the document's `refused` list.
+        let huge = format!(
+            "arn:aws:ecs:eu-west-1:123456789012:task/edge/{}",
+            "x".repeat(1 << 20)
+        );
+        assert_eq!(
+            ingest(&hub, &id, &envelope(1, state(&huge, TaskStatus::Running))),
+            Ingested::Applied { missing: vec![] }
+        );
+        assert!(hub.store.task(&huge).expect("get").is_none());
+        // A known task with a terminal escape in a container name changes nothing either.
+        let mut r = report(&arn, TaskStatus::Running);
+        r.containers[0].name = "web\u{1b}]0;owned\u{7}".into();
+        ingest(&hub, &id, &envelope(2, Message::TaskState { task: r }));
+        assert_eq!(task(&hub, &arn).last_status, TaskStatus::Pending);
+        assert_eq!(desired_document(&hub, &id).expect("d").expect("i"), before);
+        let events = hub.store.device_events(&id, 10).expect("events");
+        assert_eq!(kinds(&hub, &id), ["messageRefused", "messageRefused"]);
+        assert!(
+            events[0].message.contains("taskArn is 1048621 bytes"),
+            "{events:?}"
+        );
+        assert!(events[1].message.contains("container name"), "{events:?}");
+        assert!(events.iter().all(|e| e.message.len() < 200));
+        // Consumed: the replay is a duplicate, and the next message applies.
+        assert_eq!(
+            ingest(&hub, &id, &envelope(2, state(&arn, TaskStatus::Running))),
+            Ingested::Duplicate
+        );
+        ingest(&hub, &id, &envelope(3, state(&arn, TaskStatus::Running)));
+        assert_eq!(task(&hub, &arn).last_status, TaskStatus::Running);
+    }
+
+    #[test]
+    fn long_free_text_is_cut_and_the_cut_is_counted() {
+        let hub = hub();
+        let id = add_instance(&hub, 1, 4096, 4096);
+        let e = envelope(
+            1,
+            Message::Event {
+                kind: EventKind::Other,
+                task_arn: None,
+                container: None,
+                message: format!("\u{1b}[2J{}", "y".repeat(1 << 20)),
+            },
+        );
+        ingest(&hub, &id, &e);
+        let events = hub.store.device_events(&id, 10).expect("events");
+        assert_eq!(kinds(&hub, &id), ["fieldsCut", "other"]);
+        assert_eq!(events[1].message.len(), super::bounds::MAX_TEXT);
+        assert!(events[1].message.starts_with("\u{fffd}[2J"));
+    }
+
+    #[test]
+    fn a_hostile_generation_is_refused_and_the_instance_stays_usable() {
+        let hub = hub();
+        let attacker = add_instance(&hub, 1, 4096, 4096);
+        let honest = add_instance(&hub, 2, 4096, 4096);
+        register(&hub, web(64));
+        let daemon = add_service(&hub, "agent", 0, "DAEMON");
+        assert_eq!(pass(&hub, daemon, 2.0).started.len(), 2);
+        let generation = |id: &str| hub.store.link_state(id).expect("l").expect("i").generation;
+        let before = generation(&attacker);
+        let huge = [
+            u64::MAX,
+            i64::MAX as u64,
+            i64::MAX as u64 - 1,
+            (before + MAX_GENERATION_AHEAD + 1) as u64,
+        ];
+        for (seq, g) in (1..).zip(huge) {
+            ingest(
+                &hub,
+                &attacker,
+                &envelope(seq, Message::Applied { generation: g }),
+            );
+        }
+        ingest(
+            &hub,
+            &attacker,
+            &envelope(
+                5,
+                Message::FullState {
+                    generation: i64::MAX as u64,
+                    tasks: Vec::new(),
+                },
+            ),
+        );
+        assert_eq!(generation(&attacker), before, "the hub keeps its own count");
+        assert_eq!(kinds(&hub, &attacker), ["generationRefused"; 5]);
+        let doc = desired_document(&hub, &attacker).expect("d").expect("i");
+        assert_eq!(doc.tasks.len(), 1, "a refused full state drops no task");
+        // Within the bound it is the restored-hub case: the hub moves past it, once.
+        let ahead = before + MAX_GENERATION_AHEAD;
+        ingest(
+            &hub,
+            &attacker,
+            &envelope(
+                6,
+                Message::Applied {
+                    generation: ahead as u64,
+                },
+            ),
+        );
+        assert_eq!(generation(&attacker), ahead + 1);
+        // The DAEMON service still passes over the whole cluster, and the attacker can be
+        // deregistered (with its task), which bumps its generation once more.
+        pass(&hub, daemon, 3.0);
+        let out = crate::api::ecs::instances::deregister(
+            &hub,
+            serde_json::from_value(
+                json!({"cluster": "edge", "containerInstance": attacker, "force": true}),
+            )
+            .expect("input"),
+            4.0,
+        )
+        .expect("deregister");
+        assert_eq!(out["containerInstance"]["status"], "INACTIVE");
+        assert!(generation(&attacker) > ahead + 1, "each change counted");
+        let outcome = pass(&hub, daemon, 5.0);
+        assert!(outcome.started.is_empty(), "{outcome:?}");
+        assert_eq!(
+            desired_document(&hub, &honest)
+                .expect("d")
+                .expect("i")
+                .tasks
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_generation_at_the_top_of_the_range_is_an_error_not_an_overflow() {
+        let hub = hub();
+        let id = add_instance(&hub, 1, 4096, 4096);
+        hub.write(|tx| tx.raise_generation(&id, i64::MAX))
+            .expect("raise");
+        let err = hub
+            .write(|tx| tx.bump_generation(&id))
+            .expect_err("no room above i64::MAX");
+        assert!(
+            err.to_string().contains("used up its generation numbers"),
+            "{err}"
+        );
+        // Nothing half-written: the row still reads.
+        assert_eq!(
+            hub.store.link_state(&id).expect("l").expect("i").generation,
+            i64::MAX
+        );
+        assert_eq!(
+            hub.write(|tx| tx.bump_generation("mi-none")).expect("none"),
+            None
+        );
+    }
+
+    #[test]
+    fn events_are_trimmed_by_the_hubs_count_whatever_seqs_a_device_picks() {
+        use crate::store::{DEVICE_EVENTS_KEPT, TRIM_EVERY};
+        let hub = hub();
+        let id = add_instance(&hub, 1, 4096, 4096);
+        let flood = 3 * DEVICE_EVENTS_KEPT;
+        // Seqs that are never a multiple of 64, which once kept the trim from running.
+        // Slow enough for the device's quota: this is about the trim alone.
+        for (n, seq) in (0..flood).map(|n| (n, n * 64 + 1)) {
+            let e = envelope(
+                seq as u64,
+                Message::Event {
+                    kind: EventKind::Other,
+                    task_arn: None,
+                    container: None,
+                    message: format!("event {seq}"),
+                },
+            );
+            crate::device::ingest(&hub, &id, &e, 1000.0 + n as f64).expect("ingest");
+        }
+        let kept = hub
+            .store
+            .device_events(&id, usize::MAX >> 1)
+            .expect("events");
+        assert!(
+            kept.len() < (DEVICE_EVENTS_KEPT + TRIM_EVERY) as usize,
+            "{}",
+            kept.len()
+        );
+        assert!(kept.len() >= DEVICE_EVENTS_KEPT as usize);
+        // The newest survive.
+        let last = kept.last().expect("some");
+        assert_eq!(last.message, format!("event {}", (flood - 1) * 64 + 1));
+    }
+
+    #[test]
+    fn reports_cannot_grow_a_tasks_containers_without_end() {
+        let stored = vec![json!({"name": "web", "memory": "64"})];
+        let named = |prefix: &str| -> Vec<ContainerReport> {
+            (0..bounds::MAX_CONTAINERS)
+                .map(|n| {
+                    let mut c = report("arn:t", TaskStatus::Running).containers.remove(0);
+                    c.name = format!("{prefix}{n}");
+                    c
+                })
+                .collect()
+        };
+        let mut merged = merge_containers(&stored, &named("a"));
+        merged = merge_containers(&merged, &named("b"));
+        assert_eq!(merged.len(), bounds::MAX_CONTAINERS);
+        assert_eq!(merged[0]["memory"], "64", "the hub's own container is kept");
+        // A container already there is still updated.
+        let mut web = report("arn:t", TaskStatus::Stopped).containers;
+        web[0].exit_code = Some(3);
+        let merged = merge_containers(&merged, &web);
+        assert_eq!(merged[0]["exitCode"], 3);
+        assert_eq!(merged.len(), bounds::MAX_CONTAINERS);
+    }
+
+    #[test]
+    fn a_device_over_its_quota_is_dropped_counted_and_told() {
+        let hub = hub();
+        let id = add_instance(&hub, 1, 4096, 4096);
+        let other = add_instance(&hub, 2, 4096, 4096);
+        let event = |seq: u64| {
+            envelope(
+                seq,
+                Message::Event {
+                    kind: EventKind::Other,
+                    task_arn: None,
+                    container: None,
+                    message: format!("event {seq}"),
+                },
+            )
+        };
+        let burst = crate::quota::BURST as u64;
+        for seq in 1..=burst + 10 {
+            crate::device::ingest(&hub, &id, &event(seq), 1000.0).expect("ingest");
+        }
+        let last = |id: &str, n: usize| hub.store.device_events(id, n).expect("events");
+        assert_eq!(
+            last(&id, 1)[0].message,
+            format!("event {burst}"),
+            "the excess left no trace"
+        );
+        // Consumed: a replay of a dropped seq is a duplicate.
+        assert_eq!(
+            crate::device::ingest(&hub, &id, &event(burst + 5), 1000.0).expect("ingest"),
+            Ingested::Duplicate
+        );
+        // Another device is served meanwhile.
+        crate::device::ingest(&hub, &other, &event(1), 1000.0).expect("ingest");
+        assert_eq!(last(&other, 10).len(), 1);
+        // A second later the device is let through again, and told what was dropped.
+        crate::device::ingest(&hub, &id, &event(burst + 11), 1001.0).expect("ingest");
+        let told = last(&id, 2);
+        assert_eq!(told[0].kind, "rateLimited");
+        assert!(
+            told[0].message.starts_with("10 messages before seq"),
+            "{told:?}"
+        );
+        assert_eq!(told[1].message, format!("event {}", burst + 11));
+    }
+
+    #[test]
+    fn unknown_tasks_a_device_invents_are_bounded() {
+        let hub = hub();
+        let id = add_instance(&hub, 1, 4096, 4096);
+        let arn = |n: usize| format!("arn:aws:ecs:eu-west-1:123456789012:task/edge/stray{n}");
+        // Each report on a second of its own, to stay within the device's quota.
+        let n = super::bounds::MAX_TASKS + 5;
+        for i in 0..n {
+            let e = envelope(i as u64 + 1, state(&arn(i), TaskStatus::Running));
+            crate::device::ingest(&hub, &id, &e, 1000.0 + i as f64).expect("ingest");
+        }
+        let kept = hub
+            .write(|tx| tx.unstopped_instance_task_count(&id))
+            .expect("count");
+        assert_eq!(kept, super::bounds::MAX_TASKS);
+        assert!(hub.store.task(&arn(n - 1)).expect("get").is_none());
+        assert_eq!(
+            kinds(&hub, &id).last().map(String::as_str),
+            Some("unknownTaskIgnored")
+        );
+        let doc = desired_document(&hub, &id).expect("d").expect("i");
+        assert_eq!(doc.refused.len(), super::bounds::MAX_TASKS);
     }
 
     #[test]

@@ -10,10 +10,15 @@
 //! per batch, one savepoint per message. Seqs a message skips that it does not account for
 //! (folded or dropped) are logged as a gap, in the log and in the instance's events.
 //!
+//! Every message is checked against bounds first (`bounds`): one out of them is refused
+//! whole, and recorded as an event of its instance.
+//!
 //! # Layout
+//! - `bounds`: the length, charset and count limits on what a device says.
 //! - `documents`: an instance's desired-state document, from the store's rows.
 //! - `ingest`: applying one device message (task reports, events, presence).
 
+mod bounds;
 mod documents;
 mod ingest;
 
@@ -78,6 +83,35 @@ pub fn desired_documents(
         .collect())
 }
 
+/// Records that the instance's desired-state document of `generation` is `bytes` long,
+/// more than the link carries, so it was not sent: the device keeps its previous document
+/// until the operator stops tasks or deregisters task definitions to make it smaller.
+pub fn document_too_large(
+    hub: &Hub,
+    instance_id: &str,
+    generation: u64,
+    bytes: usize,
+    now: f64,
+) -> Result<(), DeviceError> {
+    hub.write(|tx| {
+        tx.add_device_event(&crate::store::DeviceEvent {
+            instance_id: instance_id.to_string(),
+            seq: None,
+            time: now,
+            task_arn: None,
+            container: None,
+            kind: "documentTooLarge".into(),
+            message: format!(
+                "desired state generation {generation} is {bytes} bytes, more than the link's \
+                 limit of {} bytes; not sent: the device keeps its previous one (stop tasks \
+                 on this instance to make it smaller)",
+                skerry_proto::link::MAX_PAYLOAD
+            ),
+        })
+    })?;
+    Ok(())
+}
+
 /// Records whether the instance's agent is connected, as its presence says.
 pub fn set_connected(
     hub: &Hub,
@@ -98,8 +132,7 @@ pub fn ingest(
     now: f64,
 ) -> Result<Ingested, DeviceError> {
     let mut poke = false;
-    let out =
-        hub.write(|tx| ingest::ingest(tx, &hub.arns, instance_id, envelope, now, &mut poke))?;
+    let out = hub.write(|tx| ingest::ingest(tx, hub, instance_id, envelope, now, &mut poke))?;
     if poke {
         hub.changes.poke_services();
     }
@@ -122,7 +155,7 @@ pub fn ingest_batch(
             .map(|(instance_id, message)| {
                 tx.attempt(|tx| match message {
                     DeviceMessage::Up(envelope) => {
-                        ingest::ingest(tx, &hub.arns, instance_id, envelope, now, &mut poke)
+                        ingest::ingest(tx, hub, instance_id, envelope, now, &mut poke)
                     }
                     DeviceMessage::Presence { online, os } => {
                         match ingest::set_connected(tx, instance_id, *online, now) {

@@ -1,7 +1,7 @@
 //! Events: what devices reported (state changes, restarts, gaps in their sequence) in the
 //! order they happened, and the service scheduler's messages that DescribeServices shows.
 //! Both are bounded per instance and per service, oldest dropped first (ids are shared by
-//! all instances, so the bound is by position, not by id distance).
+//! all instances, so the bound is by position, not by id distance), counted by the hub.
 
 use rusqlite::{params, OptionalExtension};
 
@@ -9,6 +9,9 @@ use super::{Store, StoreError, Txn};
 
 /// Device events kept per instance.
 pub const DEVICE_EVENTS_KEPT: i64 = 1000;
+/// A device's events are trimmed back to [`DEVICE_EVENTS_KEPT`] every this many: an
+/// instance holds fewer than `DEVICE_EVENTS_KEPT + TRIM_EVERY` at any time.
+pub const TRIM_EVERY: i64 = 64;
 /// Service events kept per service; DescribeServices shows up to 100.
 pub const SERVICE_EVENTS_KEPT: i64 = 100;
 
@@ -128,8 +131,24 @@ impl Txn<'_> {
                 e.kind,
                 e.message
             ])?;
-        // Trimming walks the instance's newest events; every 64th seq keeps that cheap.
-        if e.seq.is_some_and(|s| s % 64 == 0) {
+        // Trimming walks the instance's newest events, so it runs every TRIM_EVERY-th event
+        // of the instance, counted by the hub (a device chooses its seqs: counting by those,
+        // it could avoid the trim for ever). An event of no known instance is trimmed each
+        // time.
+        let since_trim: Option<i64> = self
+            .tx
+            .prepare_cached(
+                "UPDATE container_instances SET events_since_trim = events_since_trim + 1
+                 WHERE id = ?1 RETURNING events_since_trim",
+            )?
+            .query_row(params![e.instance_id], |r| r.get(0))
+            .optional()?;
+        if since_trim.is_none_or(|n| n >= TRIM_EVERY) {
+            self.tx
+                .prepare_cached(
+                    "UPDATE container_instances SET events_since_trim = 0 WHERE id = ?1",
+                )?
+                .execute(params![e.instance_id])?;
             self.tx
                 .prepare_cached(
                     "DELETE FROM device_events WHERE instance_id = ?1 AND id < (

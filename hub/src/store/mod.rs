@@ -39,6 +39,8 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("database lock poisoned by an earlier panic; restart the hub")]
     Poisoned,
+    #[error("container instance {instance} has used up its generation numbers; deregister it and register the device again")]
+    GenerationExhausted { instance: String },
 }
 
 /// Numbered by position: `MIGRATIONS[0]` takes the schema to version 1. Append only.
@@ -177,6 +179,20 @@ CREATE TABLE service_events (
 );
 CREATE INDEX service_events_service ON service_events(service_id, id);
 "#,
+    // Generations a device pushed to the top of the range before they were bounded (an
+    // overflowed `+ 1` leaves a REAL, which no read takes): back to a value every later
+    // change can count from.
+    r#"
+UPDATE container_instances SET generation = 4503599627370496
+    WHERE typeof(generation) <> 'integer' OR generation > 4503599627370496;
+UPDATE container_instances SET applied_generation = 4503599627370496
+    WHERE typeof(applied_generation) <> 'integer' OR applied_generation > 4503599627370496;
+"#,
+    // Device events since the instance's last trim, counted by the hub (a trim keyed to
+    // device-chosen seqs could be avoided for ever).
+    r#"
+ALTER TABLE container_instances ADD COLUMN events_since_trim INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 mod events;
@@ -185,7 +201,7 @@ mod links;
 mod services;
 mod tasks;
 
-pub use events::{DeviceEvent, ServiceEvent};
+pub use events::{DeviceEvent, ServiceEvent, DEVICE_EVENTS_KEPT, TRIM_EVERY};
 pub use instances::{ContainerInstance, NewInstance, RegisterOutcome};
 pub use links::{DocumentParts, DocumentRow, InstanceLoad, LinkState};
 pub use services::{DeploymentCounts, ServiceRow, StartFailures};
@@ -762,6 +778,38 @@ mod tests {
         );
         assert_eq!(s.list_clusters(None, 10).expect("list"), vec!["edge"]);
         assert!(s.task_definition("web", None).expect("get").is_some());
+    }
+
+    /// The migration that mends a generation an earlier hub let a device push past
+    /// `i64::MAX`, run on such a row (directly: rewinding the schema version would rerun
+    /// every later migration too).
+    #[test]
+    fn an_overflowed_generation_is_mended_on_upgrade() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fix = MIGRATIONS
+            .iter()
+            .find(|m| m.contains("SET generation = 4503599627370496"))
+            .expect("the migration");
+        let s = Store::open(dir.path()).expect("open");
+        s.create_cluster("edge", "[]", 1.0).expect("cluster");
+        let conn = s.conn().expect("conn");
+        conn.execute_batch(
+            "INSERT INTO container_instances (id, arn, cluster, activation_id, hostname,
+                 architecture, agent_version, cpu_units, memory_mib, attributes, cert_serial,
+                 status, agent_connected, generation, applied_generation, registered_at)
+             VALUES ('mi-1', 'arn:1', 'edge', 'a', 'h', 'arm64', '0', 1, 1, '{}', '01',
+                 'ACTIVE', 1, 9223372036854775807, 9223372036854775807, 1.0);
+             UPDATE container_instances SET generation = generation + 1;",
+        )
+        .expect("an overflowed row");
+        drop(conn);
+        assert!(
+            s.link_state("mi-1").is_err(),
+            "the overflow made the row unreadable"
+        );
+        s.conn().expect("conn").execute_batch(fix).expect("migrate");
+        let link = s.link_state("mi-1").expect("readable").expect("row");
+        assert_eq!(link.generation, 1 << 52);
     }
 
     /// Each use of a cached statement runs the plan made once: a fleet-wide change runs the

@@ -431,6 +431,17 @@ impl Txn<'_> {
         )
     }
 
+    /// How many tasks on the instance are not reported STOPPED.
+    pub fn unstopped_instance_task_count(&self, instance_id: &str) -> Result<usize, StoreError> {
+        let n: i64 = self
+            .tx
+            .prepare_cached(
+                "SELECT COUNT(*) FROM tasks WHERE instance_id = ?1 AND last_status <> 'STOPPED'",
+            )?
+            .query_row(params![instance_id], |r| r.get(0))?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
     /// Tasks on the instance not reported STOPPED, oldest first.
     pub fn unstopped_instance_tasks(&self, instance_id: &str) -> Result<Vec<TaskRow>, StoreError> {
         query_tasks(
@@ -445,13 +456,24 @@ impl Txn<'_> {
         // An UPDATE and a SELECT: with RETURNING instead, SQLite keeps the result in a
         // temporary table and the change in a statement journal, three times the cost, and a
         // DAEMON service's placement bumps every instance of the fleet.
+        // Checked in SQL: at i64::MAX SQLite's `+ 1` would store a REAL that no read takes.
         let bumped = self
             .tx
             .prepare_cached(
-                "UPDATE container_instances SET generation = generation + 1 WHERE id = ?1",
+                "UPDATE container_instances SET generation = generation + 1
+                 WHERE id = ?1 AND generation < ?2",
             )?
-            .execute(params![instance_id])?;
+            .execute(params![instance_id, i64::MAX])?;
         if bumped == 0 {
+            let exists = self
+                .tx
+                .prepare_cached("SELECT 1 FROM container_instances WHERE id = ?1")?
+                .exists(params![instance_id])?;
+            if exists {
+                return Err(StoreError::GenerationExhausted {
+                    instance: instance_id.to_string(),
+                });
+            }
             return Ok(None);
         }
         let g = self
