@@ -460,6 +460,8 @@ async fn simulate(
         serde_json::to_vec(&Presence {
             online,
             agent_version: Some("loadgen".into()),
+            os_version: None,
+            os_slot: None,
         })
         .unwrap_or_default()
     };
