@@ -225,11 +225,15 @@ impl Console {
             {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{cond:?} did not hold within {within:?}; console:\n{}",
-                self.tail()
-            );
+            if Instant::now() >= deadline {
+                let tail = self.tail();
+                let ps = self.run("skerry-agent ps --config /etc/skerry/agent.toml");
+                let log = self.run("{ logread; cat /data/log/messages; } 2>/dev/null | tail -n 80");
+                panic!(
+                    "{cond:?} did not hold within {within:?}; console:\n{tail}\n\
+                     skerry-agent ps:\n{ps}\nthe device's log:\n{log}"
+                );
+            }
             std::thread::sleep(Duration::from_secs(2));
         }
     }
