@@ -47,6 +47,13 @@ struct RawConfig {
     registration: RawRegistration,
     #[serde(default)]
     broker: RawBroker,
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
 }
 
 #[derive(Default, Deserialize)]
@@ -158,6 +165,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub registration: Registration,
     pub broker: Broker,
+    /// Where Prometheus scrapes `/metrics`; `None` (no `[metrics]` section): not served.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 // Hand-written so secrets never reach a log line.
@@ -174,6 +183,7 @@ impl fmt::Debug for Config {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("registration", &self.registration)
             .field("broker", &self.broker)
+            .field("metrics_listen", &self.metrics_listen)
             .finish()
     }
 }
@@ -270,6 +280,10 @@ impl Config {
         }
         let registration = parse_registration(raw.registration, &invalid)?;
         let broker = parse_broker(raw.broker, &invalid)?;
+        let metrics_listen = raw
+            .metrics
+            .map(|m| parse_addr("metrics.listen", Some(m.listen), "127.0.0.1:9464", &invalid))
+            .transpose()?;
         Ok(Config {
             listen,
             data_dir,
@@ -279,6 +293,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(grace),
             registration,
             broker,
+            metrics_listen,
         })
     }
 
@@ -424,6 +439,13 @@ secret = "0123456789abcdef0123"
         assert_eq!(c.broker.url.to_string(), "mqtts://127.0.0.1:8883");
         assert_eq!(c.broker.hub_url, c.broker.url);
         assert_eq!(c.ca_dir(), Path::new("/etc/skerry/state/ca"));
+        assert_eq!(c.metrics_listen, None);
+        let c = Config::parse(
+            &format!("{GOOD}\n[metrics]\nlisten = \"127.0.0.1:9464\"\n"),
+            Path::new("hub.toml"),
+        )
+        .expect("metrics");
+        assert_eq!(c.metrics_listen, Some(([127, 0, 0, 1], 9464).into()));
     }
 
     #[test]
@@ -463,6 +485,8 @@ secret = "0123456789abcdef0123"
             ("[broker]\nurl = \"mqtts://127.0.0.1\"", "broker.url"),
             ("[broker]\nhub_url = \"mqtts://h/x:1\"", "broker.hub_url"),
             ("[broker]\nlisten = \"0.0.0.0:8883\"", "broker.url"),
+            ("[metrics]\nlisten = \"9464\"", "metrics.listen"),
+            ("[metrics]\nport = 1", "port"),
         ] {
             let err = Config::parse(&format!("{GOOD}\n{section}\n"), Path::new("hub.toml"))
                 .expect_err(field);

@@ -28,8 +28,10 @@ use crate::api::{self, ApiError};
 use crate::arn::Arns;
 use crate::ca::{Ca, CaError};
 use crate::config::Config;
+use crate::health::{Outcome, UNKNOWN_OPERATION};
 use crate::link::{Link, LinkError};
 use crate::listener::accept_next;
+use crate::metrics;
 use crate::register::{self, ListenError, Registrar};
 use crate::state::Hub;
 use crate::store::{Store, StoreError};
@@ -72,6 +74,7 @@ pub struct Server {
     state: Arc<State>,
     listener: TcpListener,
     registration: register::Listener,
+    metrics: Option<metrics::Listener>,
     link: Link,
     ca: Arc<Ca>,
     grace: Duration,
@@ -96,6 +99,14 @@ impl Server {
             },
         )
         .await?;
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(
+                metrics::Listener::bind(addr)
+                    .await
+                    .map_err(|source| ServeError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         let link = Link::new(&config.broker.hub_url, &ca)?;
         let listener =
             TcpListener::bind(config.listen)
@@ -111,6 +122,7 @@ impl Server {
             }),
             listener,
             registration,
+            metrics,
             link,
             ca,
             grace: config.shutdown_grace,
@@ -126,6 +138,11 @@ impl Server {
         self.registration.local_addr()
     }
 
+    /// The address of the `/metrics` listener, if the config asks for one.
+    pub fn metrics_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.metrics.as_ref().map(metrics::Listener::local_addr)
+    }
+
     /// The hub's CA, for the parts of the hub that issue or check certificates.
     pub fn ca(&self) -> &Arc<Ca> {
         &self.ca
@@ -137,6 +154,9 @@ impl Server {
         let registration = tokio::spawn(self.registration.run(shutdown.clone(), self.grace));
         let services = tokio::spawn(scheduler::run(self.state.hub.clone(), shutdown.clone()));
         let link = tokio::spawn(self.link.run(self.state.hub.clone(), shutdown.clone()));
+        let metrics = self
+            .metrics
+            .map(|m| tokio::spawn(m.run(self.state.hub.clone(), shutdown.clone())));
         let graceful = GracefulShutdown::new();
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         while let Some((permit, stream, peer)) =
@@ -175,6 +195,11 @@ impl Server {
         if let Err(e) = link.await {
             tracing::error!(error = %e, "the broker link panicked");
         }
+        if let Some(metrics) = metrics {
+            if let Err(e) = metrics.await {
+                tracing::error!(error = %e, "the metrics listener panicked");
+            }
+        }
     }
 }
 
@@ -194,8 +219,9 @@ pub fn cancel_on_signals(token: CancellationToken) -> Result<(), ServeError> {
 }
 
 /// Runs the hub until SIGTERM/SIGINT. The first line on stdout is `listening on ADDR` (the
-/// API), the second `registration listening on ADDR`, so a supervisor or test can use
-/// port 0 and learn the ports.
+/// API), the second `registration listening on ADDR`, and with `[metrics]` configured a
+/// third `metrics listening on ADDR`, so a supervisor or test can use port 0 and learn the
+/// ports.
 pub async fn run(config: Config) -> Result<(), ServeError> {
     let server = Server::bind(config).await?;
     let local = |r: std::io::Result<SocketAddr>| {
@@ -206,6 +232,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     };
     let addr = local(server.local_addr())?;
     let registration = local(server.registration_addr())?;
+    let metrics = server.metrics_addr().map(local).transpose()?;
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone())?;
     tracing::info!(%addr, %registration, fingerprint = %server.ca().fingerprint(), "skerry-hub listening");
@@ -215,6 +242,10 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         out,
         "listening on {addr}\nregistration listening on {registration}"
     )
+    .and_then(|()| match metrics {
+        Some(m) => writeln!(out, "metrics listening on {m}"),
+        None => Ok(()),
+    })
     .and_then(|()| out.flush());
     drop(out);
     server.run(shutdown).await;
@@ -231,6 +262,7 @@ async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let started = std::time::Instant::now();
     let request_id = new_request_id();
     let target = req
         .headers()
@@ -238,6 +270,10 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
+    let operation = api::parse_target(&target)
+        .and_then(|(service, op)| api::operation_name(service, op))
+        .unwrap_or(UNKNOWN_OPERATION);
+    let hub = state.hub.clone();
     let (status, body, error_type) = match respond(state, req).await {
         Ok(v) => (StatusCode::OK, v.to_string().into_bytes(), None),
         Err(e) => {
@@ -246,6 +282,11 @@ async fn handle(
             (status, e.body(), Some(e.code))
         }
     };
+    hub.health.request(
+        operation,
+        Outcome::of_status(status.as_u16()),
+        started.elapsed(),
+    );
     let mut resp = Response::builder()
         .status(status)
         .header(hyper::header::CONTENT_TYPE, api::CONTENT_TYPE)

@@ -1,15 +1,18 @@
 //! What every part of the hub works over: the store, the ARNs it names things with, and the
-//! changes the publisher and the service loop wait on. One [`Hub`] is shared (behind an
+//! changes the publisher and the service loop wait on, and the hub's health counters. One [`Hub`] is shared (behind an
 //! `Arc`) by the API, the registration listener, the link and the service loop.
 
 use crate::arn::Arns;
 use crate::changes::Changes;
+use crate::health::Health;
 use crate::store::{Store, StoreError, Txn};
 
 pub struct Hub {
     pub store: Store,
     pub arns: Arns,
     pub changes: Changes,
+    /// The hub's own counters `/metrics` reports.
+    pub health: Health,
 }
 
 impl Hub {
@@ -18,6 +21,7 @@ impl Hub {
             store,
             arns,
             changes: Changes::new(),
+            health: Health::default(),
         }
     }
 

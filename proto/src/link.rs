@@ -172,6 +172,9 @@ pub struct HostMetrics {
     /// Degrees Celsius where the board has a sensor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature_c: Option<f32>,
+    /// Outbox records not yet acknowledged by the broker when the sample was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox_pending_records: Option<u64>,
 }
 
 /// The retained presence of a device; the broker publishes the `online: false` form as the

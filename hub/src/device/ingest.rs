@@ -756,6 +756,7 @@ mod tests {
                 disk_used_mib: 1,
                 disk_total_mib: 2,
                 temperature_c: None,
+                outbox_pending_records: None,
             })
         };
         ingest(&hub, &id, &envelope(1, metrics()));

@@ -174,12 +174,14 @@ CREATE INDEX service_events_service ON service_events(service_id, id);
 ];
 
 mod events;
+mod fleet;
 mod instances;
 mod links;
 mod services;
 mod tasks;
 
 pub use events::{DeviceEvent, ServiceEvent};
+pub use fleet::{FleetFigures, InstanceFigures, ServiceFigures, TaskFigures};
 pub use instances::{ContainerInstance, NewInstance, RegisterOutcome};
 pub use links::{DocumentParts, DocumentRow, InstanceLoad, LinkState};
 pub use services::{DeploymentCounts, ServiceRow, StartFailures};
