@@ -15,7 +15,7 @@ use skerry_hub::arn::Arns;
 use skerry_hub::device;
 use skerry_hub::state::Hub as HubState;
 use skerry_hub::store::{ContainerInstance, Store};
-use skerry_proto::link::{Entry, Envelope, HostMetrics, Message};
+use skerry_proto::link::{ContainerUsage, Entry, Envelope, HostMetrics, Message};
 
 const INSTANCE: &str = "mi-0000000000000000a";
 
@@ -37,8 +37,31 @@ fn scrape(port: u16) -> String {
     r.text().expect("body")
 }
 
+fn envelope(seq: u64, message: Message) -> Envelope {
+    Envelope {
+        seq,
+        folded: Vec::new(),
+        dropped: Vec::new(),
+        entry: Entry {
+            time: 1_700_000_100.0 + seq as f64,
+            message,
+        },
+    }
+}
+
+fn usage(task_arn: &str, container: &str, memory_bytes: u64) -> ContainerUsage {
+    ContainerUsage {
+        task_arn: task_arn.into(),
+        container: container.into(),
+        cpu_usage_usec: 2_500_000,
+        memory_bytes,
+        memory_limit_bytes: Some(64 << 20),
+        memory_peak_bytes: None,
+    }
+}
+
 /// An instance of `cluster` with one host sample, as registration and the link would add.
-fn play_device(hub: &Hub, cluster: &str) {
+fn play_device(hub: &Hub, cluster: &str) -> HubState {
     let state = HubState::new(
         Store::open(&hub.state_dir()).expect("open the hub's store"),
         Arns::new(REGION, "000000000000"),
@@ -68,24 +91,59 @@ fn play_device(hub: &Hub, cluster: &str) {
             last_seen_at: None,
         })
         .expect("insert container instance");
-    let sample = Envelope {
-        seq: 1,
-        folded: Vec::new(),
-        dropped: Vec::new(),
-        entry: Entry {
-            time: 1_700_000_100.0,
-            message: Message::Metrics(HostMetrics {
-                cpu_percent: 25.0,
-                memory_used_mib: 300,
-                memory_total_mib: 3900,
-                disk_used_mib: 1000,
-                disk_total_mib: 29000,
-                temperature_c: Some(47.5),
-                outbox_pending_records: Some(3),
-            }),
-        },
-    };
+    let sample = envelope(
+        1,
+        Message::Metrics(HostMetrics {
+            cpu_percent: 25.0,
+            memory_used_mib: 300,
+            memory_total_mib: 3900,
+            disk_used_mib: 1000,
+            disk_total_mib: 29000,
+            temperature_c: Some(47.5),
+            outbox_pending_records: Some(3),
+        }),
+    );
     device::ingest(&state, INSTANCE, &sample, 1_700_000_101.0).expect("ingest a host sample");
+    state
+}
+
+/// Runs a task of one container `web` on the instance and has the device report figures
+/// for it, for a container the task does not have and for a task it does not run; returns
+/// the task's id.
+fn run_task_with_figures(hub: &Hub, state: &HubState) -> String {
+    hub.ok(&[
+        "ecs",
+        "register-task-definition",
+        "--family",
+        "web",
+        "--container-definitions",
+        r#"[{"name":"web","image":"busybox","memory":64}]"#,
+    ]);
+    let run = hub.ok(&[
+        "ecs",
+        "run-task",
+        "--cluster",
+        "shop",
+        "--task-definition",
+        "web",
+    ]);
+    let arn = run["tasks"][0]["taskArn"]
+        .as_str()
+        .expect("a task ARN")
+        .to_string();
+    let other = arn.replace(arn.rsplit('/').next().expect("id"), "0000000000000000ffff");
+    let figures = envelope(
+        2,
+        Message::ContainerMetrics {
+            containers: vec![
+                usage(&arn, "web", 12 << 20),
+                usage(&arn, "ghost", 1),
+                usage(&other, "web", 2),
+            ],
+        },
+    );
+    device::ingest(state, INSTANCE, &figures, 1_700_000_103.0).expect("ingest container figures");
+    arn.rsplit('/').next().expect("id").to_string()
 }
 
 #[test]
@@ -103,7 +161,8 @@ fn prometheus_scrapes_the_hub_and_promtool_finds_nothing_to_fix() {
         "--services",
         "x",
     ]);
-    play_device(&hub, "shop");
+    let state = play_device(&hub, "shop");
+    let task_id = run_task_with_figures(&hub, &state);
 
     let text = scrape(port);
     let complaints = promtool_check(&text);
@@ -118,6 +177,16 @@ fn prometheus_scrapes_the_hub_and_promtool_finds_nothing_to_fix() {
     ] {
         assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
     }
+    let web = format!(
+        "skerry_container_memory_usage_bytes{{cluster=\"shop\",instance_id=\"{INSTANCE}\",task_id=\"{task_id}\",container=\"web\"}} 12582912"
+    );
+    assert!(text.lines().any(|l| l == web), "{web} missing from\n{text}");
+    // Figures for what the hub does not list on this instance are not shown.
+    let shown = text
+        .lines()
+        .filter(|l| l.starts_with("skerry_container_memory_usage_bytes{"))
+        .count();
+    assert_eq!(shown, 1, "{text}");
     // Only GET /metrics is served on this listener.
     let other = reqwest::blocking::Client::builder()
         .no_proxy()
@@ -159,6 +228,13 @@ fn prometheus_scrapes_the_hub_and_promtool_finds_nothing_to_fix() {
     );
     assert_eq!(joined[0]["value"][1], "47.5", "{joined:?}");
     assert_eq!(joined[0]["metric"]["agent_version"], "0.1.0 \"quoted\"");
+    let container = prom.query_until(
+        &format!("skerry_container_memory_usage_bytes{{task_id=\"{task_id}\",container=\"web\"}}"),
+        wait,
+        &prom_dir,
+    );
+    assert_eq!(container.len(), 1, "{container:?}");
+    assert_eq!(container[0]["value"][1], "12582912", "{container:?}");
     drop(prom);
     hub.stop();
 }

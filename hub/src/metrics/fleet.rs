@@ -2,21 +2,25 @@
 //!
 //! Labels carry only what the hub assigned or an operator named: instance ids (the hub
 //! issues them), cluster, service and task definition family names (made through the API),
-//! task ids (the hub's or bounded by the device's task limit). The two device-reported
-//! strings, agent version and architecture, sit on one info series per instance, cut to
-//! [`MAX_LABEL_LEN`]. So the series count is at most `INSTANCE_SERIES` per ACTIVE instance,
-//! 3 per live service and 1 per task not STOPPED: about 110,000 plus the tasks for 10,000
-//! devices.
+//! task ids and container names (of tasks the hub lists on that instance). The two
+//! device-reported strings, agent version and architecture, sit on one info series per
+//! instance, cut to [`MAX_LABEL_LEN`]. A device's container figures show only for
+//! containers of its own tasks not STOPPED (`store/fleet.rs` joins them). So the series
+//! count is at most `INSTANCE_SERIES` per ACTIVE instance, 3 per live service, 1 per task
+//! not STOPPED and `CONTAINER_SERIES` per container of those tasks: about 110,000 plus
+//! 5 per running container for 10,000 devices.
 
 use skerry_proto::link::HostMetrics;
 
 use super::text::{Encoder, Kind};
-use crate::store::{FleetFigures, InstanceFigures};
+use crate::store::{ContainerFigures, FleetFigures, InstanceFigures};
 
 /// A device-reported label value is cut to this many characters.
 pub const MAX_LABEL_LEN: usize = 64;
 /// Series per ACTIVE instance, the most [`render`] writes for one.
 pub const INSTANCE_SERIES: usize = 11;
+/// Series per container of a task not STOPPED.
+pub const CONTAINER_SERIES: usize = 4;
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -147,6 +151,59 @@ pub fn render(fleet: &FleetFigures, e: &mut Encoder) {
         ];
         e.sample("skerry_task_status", &labels, 1.0);
     }
+    render_containers(fleet, e);
+}
+
+/// A family of the containers' figures: name, kind, help, and the value (`None`: not sent).
+type ContainerFamily = (
+    &'static str,
+    Kind,
+    &'static str,
+    fn(&ContainerFigures) -> Option<f64>,
+);
+
+const CONTAINER_FAMILIES: [ContainerFamily; CONTAINER_SERIES] = [
+    (
+        "skerry_container_cpu_usage_seconds_total",
+        Kind::Counter,
+        "CPU time the container used since it started (cgroup cpu.stat usage_usec).",
+        |c| Some(c.cpu_usage_usec as f64 / 1e6),
+    ),
+    (
+        "skerry_container_memory_usage_bytes",
+        Kind::Gauge,
+        "Memory charged to the container at the latest sample (cgroup memory.current).",
+        |c| Some(c.memory_bytes as f64),
+    ),
+    (
+        "skerry_container_memory_limit_bytes",
+        Kind::Gauge,
+        "The container's memory limit (cgroup memory.max), where it has one.",
+        |c| c.memory_limit_bytes.map(|v| v as f64),
+    ),
+    (
+        "skerry_container_memory_peak_bytes",
+        Kind::Gauge,
+        "The most memory the container held (cgroup memory.peak, Linux 5.19 on).",
+        |c| c.memory_peak_bytes.map(|v| v as f64),
+    ),
+];
+
+fn render_containers(fleet: &FleetFigures, e: &mut Encoder) {
+    for (name, kind, help, value) in CONTAINER_FAMILIES {
+        e.family(name, kind, help);
+        for c in &fleet.containers {
+            if let Some(v) = value(c) {
+                let labels = [
+                    ("cluster", c.cluster.as_str()),
+                    ("instance_id", c.instance_id.as_str()),
+                    ("task_id", task_id(&c.task_arn)),
+                    ("container", c.container.as_str()),
+                ];
+                e.sample(name, &labels, v);
+            }
+        }
+    }
 }
 
 fn render_services(fleet: &FleetFigures, e: &mut Encoder) {
@@ -224,6 +281,16 @@ mod tests {
                 family: None,
                 last_status: "RUNNING".into(),
             }],
+            containers: vec![ContainerFigures {
+                cluster: "default".into(),
+                instance_id: "mi-00000000000000001".into(),
+                task_arn: "arn:aws:ecs:us-east-1:000000000000:task/default/abc123".into(),
+                container: "web".into(),
+                cpu_usage_usec: 1_500_000,
+                memory_bytes: 8 << 20,
+                memory_limit_bytes: None,
+                memory_peak_bytes: Some(9 << 20),
+            }],
         };
         let mut e = Encoder::new();
         render(&fleet, &mut e);
@@ -241,11 +308,15 @@ mod tests {
             "skerry_service_desired_tasks{cluster=\"default\",service=\"web\"} 3".into(),
             "skerry_service_pending_tasks{cluster=\"default\",service=\"web\"} 1".into(),
             "skerry_task_status{cluster=\"default\",instance_id=\"mi-00000000000000001\",task_id=\"abc123\",family=\"\",status=\"RUNNING\"} 1".into(),
+            "skerry_container_cpu_usage_seconds_total{cluster=\"default\",instance_id=\"mi-00000000000000001\",task_id=\"abc123\",container=\"web\"} 1.5".into(),
+            "skerry_container_memory_usage_bytes{cluster=\"default\",instance_id=\"mi-00000000000000001\",task_id=\"abc123\",container=\"web\"} 8388608".into(),
+            "skerry_container_memory_peak_bytes{cluster=\"default\",instance_id=\"mi-00000000000000001\",task_id=\"abc123\",container=\"web\"} 9437184".into(),
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
         }
         // An unreadable sample leaves its figures out rather than inventing them.
         assert!(!text.contains(&format!("skerry_instance_cpu_usage_ratio{two}")));
+        assert!(!text.contains("skerry_container_memory_limit_bytes{"));
         // The device's version string is cut and escaped.
         let info = text
             .lines()
@@ -256,6 +327,9 @@ mod tests {
             "{info}"
         );
         let per_instance = text.lines().filter(|l| l.contains("00001\"")).count();
-        assert!(per_instance <= INSTANCE_SERIES + 1, "{per_instance}");
+        assert!(
+            per_instance <= INSTANCE_SERIES + 1 + CONTAINER_SERIES,
+            "{per_instance}"
+        );
     }
 }

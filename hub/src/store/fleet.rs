@@ -1,6 +1,7 @@
 //! The fleet as `/metrics` shows it: every ACTIVE instance with its link and latest host
-//! figures, every live service with its task counts, every task not yet STOPPED. Read in one
-//! snapshot so the figures of a scrape agree with each other.
+//! figures, every live service with its task counts, every task not yet STOPPED, and the
+//! latest figures of each container of those tasks. Read in one snapshot so the figures of
+//! a scrape agree with each other.
 
 use rusqlite::Transaction;
 
@@ -38,11 +39,25 @@ pub struct TaskFigures {
     pub last_status: String,
 }
 
+/// A container's latest figures, as its device sent them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerFigures {
+    pub cluster: String,
+    pub instance_id: String,
+    pub task_arn: String,
+    pub container: String,
+    pub cpu_usage_usec: i64,
+    pub memory_bytes: i64,
+    pub memory_limit_bytes: Option<i64>,
+    pub memory_peak_bytes: Option<i64>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FleetFigures {
     pub instances: Vec<InstanceFigures>,
     pub services: Vec<ServiceFigures>,
     pub tasks: Vec<TaskFigures>,
+    pub containers: Vec<ContainerFigures>,
 }
 
 impl Store {
@@ -53,6 +68,7 @@ impl Store {
             instances: instances(&tx)?,
             services: services(&tx)?,
             tasks: tasks(&tx)?,
+            containers: containers(&tx)?,
         })
     }
 }
@@ -110,6 +126,37 @@ fn tasks(tx: &Transaction<'_>) -> Result<Vec<TaskFigures>, StoreError> {
             instance_id: r.get(2)?,
             family: r.get(3)?,
             last_status: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The entries of each ACTIVE instance's latest container figures that name a container of
+/// one of its tasks not STOPPED: what a device sends about anything else is never shown, so
+/// the series are bounded by the tasks the hub knows.
+fn containers(tx: &Transaction<'_>) -> Result<Vec<ContainerFigures>, StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT i.cluster, i.id, t.arn, u.value ->> '$.container', u.value ->> '$.cpuUsageUsec',
+             u.value ->> '$.memoryBytes', u.value ->> '$.memoryLimitBytes',
+             u.value ->> '$.memoryPeakBytes'
+         FROM container_instances i, json_each(i.container_metrics) u
+         JOIN tasks t ON t.arn = u.value ->> '$.taskArn' AND t.instance_id = i.id
+             AND t.last_status <> 'STOPPED'
+         WHERE i.status = 'ACTIVE' AND i.container_metrics IS NOT NULL
+             AND EXISTS (SELECT 1 FROM json_each(t.containers) c
+                         WHERE c.value ->> '$.name' = u.value ->> '$.container')
+         ORDER BY i.id, t.seq, u.key",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(ContainerFigures {
+            cluster: r.get(0)?,
+            instance_id: r.get(1)?,
+            task_arn: r.get(2)?,
+            container: r.get(3)?,
+            cpu_usage_usec: r.get(4)?,
+            memory_bytes: r.get(5)?,
+            memory_limit_bytes: r.get(6)?,
+            memory_peak_bytes: r.get(7)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)

@@ -171,6 +171,11 @@ CREATE TABLE service_events (
 );
 CREATE INDEX service_events_service ON service_events(service_id, id);
 "#,
+    // 4 (metrics): each instance's latest per-container figures, for /metrics.
+    r#"
+ALTER TABLE container_instances ADD COLUMN container_metrics TEXT;     -- JSON [ContainerUsage]
+ALTER TABLE container_instances ADD COLUMN container_metrics_at REAL;  -- its device time
+"#,
 ];
 
 mod events;
@@ -181,7 +186,7 @@ mod services;
 mod tasks;
 
 pub use events::{DeviceEvent, ServiceEvent};
-pub use fleet::{FleetFigures, InstanceFigures, ServiceFigures, TaskFigures};
+pub use fleet::{ContainerFigures, FleetFigures, InstanceFigures, ServiceFigures, TaskFigures};
 pub use instances::{ContainerInstance, NewInstance, RegisterOutcome};
 pub use links::{DocumentParts, DocumentRow, InstanceLoad, LinkState};
 pub use services::{DeploymentCounts, ServiceRow, StartFailures};
