@@ -179,6 +179,8 @@ impl Server {
             });
         }
         drop(self.listener);
+        // Long-polls of the event history answer now instead of at the end of their wait.
+        self.state.hub.changes.stop_waiting();
         tracing::info!(grace = ?self.grace, "shutting down; draining open requests");
         tokio::select! {
             _ = graceful.shutdown() => tracing::info!("all connections closed"),
