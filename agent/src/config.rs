@@ -87,6 +87,7 @@ struct RawContainers {
 #[serde(deny_unknown_fields)]
 struct RawLink {
     metrics_interval_secs: Option<u64>,
+    container_metrics_interval_secs: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -167,6 +168,8 @@ pub struct Config {
     pub log_max_bytes: u64,
     pub log_max_files: u32,
     pub metrics_interval: std::time::Duration,
+    /// How often the running containers' CPU and memory go to the hub.
+    pub container_metrics_interval: std::time::Duration,
     pub outbox_max_bytes: u64,
     /// `pids.max` of every container of every task.
     pub container_pids_max: i64,
@@ -258,6 +261,16 @@ impl Config {
                 format!("{metrics_interval_secs} is not in 1..=86400 seconds"),
             ));
         }
+        let container_metrics_interval_secs = raw
+            .link
+            .container_metrics_interval_secs
+            .unwrap_or(DEFAULT_METRICS_INTERVAL_SECS);
+        if !(1..=86400).contains(&container_metrics_interval_secs) {
+            return Err(invalid(
+                "link.container_metrics_interval_secs",
+                format!("{container_metrics_interval_secs} is not in 1..=86400 seconds"),
+            ));
+        }
         let outbox_max_bytes = raw.outbox.max_bytes.unwrap_or(DEFAULT_OUTBOX_MAX_BYTES);
         if outbox_max_bytes < MIN_OUTBOX_MAX_BYTES {
             return Err(invalid(
@@ -347,6 +360,9 @@ impl Config {
             log_max_bytes,
             log_max_files,
             metrics_interval: std::time::Duration::from_secs(metrics_interval_secs),
+            container_metrics_interval: std::time::Duration::from_secs(
+                container_metrics_interval_secs,
+            ),
             outbox_max_bytes,
             container_pids_max,
             data_dir,
@@ -445,6 +461,10 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(c.metrics_interval, std::time::Duration::from_secs(5));
+        assert_eq!(
+            c.container_metrics_interval,
+            std::time::Duration::from_secs(DEFAULT_METRICS_INTERVAL_SECS)
+        );
         assert_eq!(c.outbox_max_bytes, 8 << 20);
         assert_eq!(c.container_pids_max, 256);
         assert_eq!(c.outbox_dir(), PathBuf::from("/data/skerry/outbox"));
@@ -499,6 +519,10 @@ mod tests {
             (
                 "[link]\nmetrics_interval_secs = 0",
                 "link.metrics_interval_secs",
+            ),
+            (
+                "[link]\ncontainer_metrics_interval_secs = 0",
+                "link.container_metrics_interval_secs",
             ),
             ("[outbox]\nmax_bytes = 4096", "outbox.max_bytes"),
             ("[containers]\npids_max = 15", "containers.pids_max"),

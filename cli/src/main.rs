@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use serde_json::Value;
 use skerry_cli::activation::{self, Request};
 use skerry_cli::client::Hub;
+use skerry_cli::follow::{self, Follow};
 use skerry_cli::table::Table;
 use skerry_cli::views;
 
@@ -58,6 +59,13 @@ enum Cmd {
         /// Only this instance (mi-…).
         #[arg(long)]
         instance: Option<String>,
+        /// Only this cluster's instances.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Keep printing events as the hub ingests them, one per line (with --json, one
+        /// JSON object per line), resuming after the last one printed if the hub goes away.
+        #[arg(long)]
+        follow: bool,
         #[arg(long)]
         json: bool,
     },
@@ -364,8 +372,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let table = views::tasks_table(&items, &instances);
             print(json, &items, table, &format!("no tasks in {cluster}"))
         }
-        Cmd::Events { instance, json } => {
-            let items = views::events(&hub, instance.as_deref()).await?;
+        Cmd::Events {
+            instance,
+            cluster,
+            follow: true,
+            json,
+        } => {
+            let what = Follow {
+                instance: instance.as_deref(),
+                cluster: cluster.as_deref(),
+                json,
+            };
+            follow::run(&hub, &what, &mut std::io::stdout().lock()).await
+        }
+        Cmd::Events {
+            instance,
+            cluster,
+            follow: false,
+            json,
+        } => {
+            let items = views::events(&hub, instance.as_deref(), cluster.as_deref()).await?;
             let table = views::events_table(&items);
             print(json, &items, table, "no events")
         }

@@ -108,11 +108,19 @@ pub async fn services(hub: &Hub, cluster: &str) -> anyhow::Result<Vec<Value>> {
     .await
 }
 
-/// Every event the hub holds, of one instance or all, in the order they happened.
-pub async fn events(hub: &Hub, instance: Option<&str>) -> anyhow::Result<Vec<Value>> {
+/// Every event the hub holds, of one instance, one cluster's instances or all, in the
+/// order they were ingested.
+pub async fn events(
+    hub: &Hub,
+    instance: Option<&str>,
+    cluster: Option<&str>,
+) -> anyhow::Result<Vec<Value>> {
     let mut input = json!({});
     if let Some(i) = instance {
         input["instanceId"] = Value::from(i);
+    }
+    if let Some(c) = cluster {
+        input["cluster"] = Value::from(c);
     }
     let mut out = Vec::new();
     loop {
@@ -140,25 +148,30 @@ fn time_of(v: &Value) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// An event's columns: instance, seq, device time, task (and container), kind, message.
+pub fn event_cells(e: &Value) -> Vec<String> {
+    let task = match (
+        e.get("taskArn").and_then(Value::as_str),
+        e.get("container").and_then(Value::as_str),
+    ) {
+        (Some(arn), Some(c)) => format!("{}/{c}", short(arn)),
+        (Some(arn), None) => short(arn),
+        _ => "-".into(),
+    };
+    vec![
+        text(e, "instanceId"),
+        text(e, "seq"),
+        time_of(&e["time"]),
+        task,
+        text(e, "kind"),
+        text(e, "message"),
+    ]
+}
+
 pub fn events_table(items: &[Value]) -> Table {
     let mut t = Table::new(&["INSTANCE", "SEQ", "DEVICE TIME", "TASK", "KIND", "MESSAGE"]);
     for e in items {
-        let task = match (
-            e.get("taskArn").and_then(Value::as_str),
-            e.get("container").and_then(Value::as_str),
-        ) {
-            (Some(arn), Some(c)) => format!("{}/{c}", short(arn)),
-            (Some(arn), None) => short(arn),
-            _ => "-".into(),
-        };
-        t.row(vec![
-            text(e, "instanceId"),
-            text(e, "seq"),
-            time_of(&e["time"]),
-            task,
-            text(e, "kind"),
-            text(e, "message"),
-        ]);
+        t.row(event_cells(e));
     }
     t
 }

@@ -47,6 +47,13 @@ struct RawConfig {
     registration: RawRegistration,
     #[serde(default)]
     broker: RawBroker,
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
 }
 
 #[derive(Default, Deserialize)]
@@ -170,6 +177,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub registration: Registration,
     pub broker: Broker,
+    /// Where Prometheus scrapes `/metrics`; `None` (no `[metrics]` section): not served.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 // Hand-written so secrets never reach a log line.
@@ -186,6 +195,7 @@ impl fmt::Debug for Config {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("registration", &self.registration)
             .field("broker", &self.broker)
+            .field("metrics_listen", &self.metrics_listen)
             .finish()
     }
 }
@@ -283,6 +293,10 @@ impl Config {
         let registration = parse_registration(raw.registration, &invalid)?;
         let base = path.parent().unwrap_or(Path::new("."));
         let broker = parse_broker(raw.broker, base, &invalid)?;
+        let metrics_listen = raw
+            .metrics
+            .map(|m| parse_addr("metrics.listen", Some(m.listen), "127.0.0.1:9464", &invalid))
+            .transpose()?;
         Ok(Config {
             listen,
             data_dir,
@@ -292,6 +306,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(grace),
             registration,
             broker,
+            metrics_listen,
         })
     }
 
@@ -464,6 +479,13 @@ secret = "0123456789abcdef0123"
         let root = format!("{GOOD}\n[broker]\nuser = \"root\"\n");
         let e = Config::parse(&root, Path::new("hub.toml")).expect_err("root");
         assert!(e.to_string().contains("broker.user"), "{e}");
+        assert_eq!(c.metrics_listen, None);
+        let c = Config::parse(
+            &format!("{GOOD}\n[metrics]\nlisten = \"127.0.0.1:9464\"\n"),
+            Path::new("hub.toml"),
+        )
+        .expect("metrics");
+        assert_eq!(c.metrics_listen, Some(([127, 0, 0, 1], 9464).into()));
     }
 
     #[test]
@@ -503,6 +525,8 @@ secret = "0123456789abcdef0123"
             ("[broker]\nurl = \"mqtts://127.0.0.1\"", "broker.url"),
             ("[broker]\nhub_url = \"mqtts://h/x:1\"", "broker.hub_url"),
             ("[broker]\nlisten = \"0.0.0.0:8883\"", "broker.url"),
+            ("[metrics]\nlisten = \"9464\"", "metrics.listen"),
+            ("[metrics]\nport = 1", "port"),
         ] {
             let err = Config::parse(&format!("{GOOD}\n{section}\n"), Path::new("hub.toml"))
                 .expect_err(field);

@@ -31,6 +31,11 @@
 //! - `link`: the hub's MQTT client, which carries the device side over the broker.
 //! - `server`: the API listener, request handling and graceful shutdown.
 //! - `register`: the HTTPS listener devices register with (`POST /v1/register`).
+//! - `metrics`: `/metrics` for Prometheus on its own listener: the text format
+//!   (`metrics/text.rs`), the hub's own families (`metrics/hub.rs`) and the fleet's
+//!   figures (`metrics/fleet.rs`).
+//! - `health`: the hub's own counters (API requests and latency, device messages, the
+//!   broker link), updated where those happen.
 //! - `listener`: what both listeners share: the bounded accept loop, the per-address
 //!   connection limit and the body-read deadline.
 //! - `config`: the TOML configuration, checked into [`config::Config`] at startup.
@@ -42,7 +47,7 @@
 //! - `store`: the hub's state in SQLite; all SQL lives here (`store/instances.rs`: devices
 //!   and their registration, `store/tasks.rs`: tasks and the write transaction,
 //!   `store/services.rs`, `store/events.rs`: device and service events, `store/links.rs`:
-//!   each device's link).
+//!   each device's link, `store/fleet.rs`: the snapshot `/metrics` reads).
 
 pub(crate) mod api;
 pub mod arn;
@@ -52,8 +57,10 @@ pub(crate) mod changes;
 pub(crate) mod clock;
 pub mod config;
 pub mod device;
+pub mod health;
 pub mod link;
 pub mod listener;
+pub mod metrics;
 pub mod quota;
 pub(crate) mod register;
 pub mod revocation;

@@ -33,6 +33,7 @@ use tracing::{debug, info, warn};
 use crate::ca::{Ca, HUB_IDENTITY};
 use crate::config::BrokerUrl;
 use crate::device::{self, DeviceMessage, Ingested, OsReport};
+use crate::health::Ingest;
 use crate::state::Hub;
 
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
@@ -166,6 +167,7 @@ async fn receive(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Publish>(WORK_QUEUE);
     let acker = client.clone();
     let stop = shutdown.clone();
+    let health_of = hub.clone();
     let worker = tokio::spawn(async move {
         let mut batch = Vec::with_capacity(INGEST_BATCH);
         while rx.recv_many(&mut batch, INGEST_BATCH).await > 0 {
@@ -191,6 +193,7 @@ async fn receive(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff = Duration::ZERO;
+                health_of.health.broker_link(true);
                 // What was in flight is either resent (and acked) or gone with the session.
                 release(&window, DOCUMENTS_IN_FLIGHT);
                 info!(session = ack.session_present, "broker link up");
@@ -213,6 +216,7 @@ async fn receive(
             Ok(Event::Incoming(Packet::PubAck(_))) => release(&window, 1),
             Ok(_) => {}
             Err(e) => {
+                health_of.health.broker_link(false);
                 backoff = next_backoff(backoff);
                 warn!(error = %e, retry_in = ?backoff, "broker link down");
                 tokio::select! {
@@ -286,7 +290,10 @@ async fn handle(hub: &Arc<Hub>, batch: &[Publish]) {
                     topics.push(p.topic.as_str());
                 }
                 Ok(None) => {}
-                Err(e) => warn!(topic = %p.topic, error = %e, "device message refused"),
+                Err(e) => {
+                    hub.health.ingested(Ingest::Refused, 1);
+                    warn!(topic = %p.topic, error = %e, "device message refused");
+                }
             }
         }
         let outcomes = match device::ingest_batch(&hub, &messages, crate::clock::now()) {
@@ -307,10 +314,14 @@ async fn handle(hub: &Arc<Hub>, batch: &[Publish]) {
         for ((topic, (instance, message)), outcome) in topics.iter().zip(&messages).zip(outcomes) {
             match (message, outcome) {
                 (DeviceMessage::Up(envelope), Ok(Ingested::Duplicate)) => {
+                    hub.health.ingested(Ingest::Duplicate, 1);
                     debug!(%instance, seq = envelope.seq, "duplicate message");
                 }
-                (_, Ok(_)) => {}
-                (_, Err(e)) => warn!(%topic, error = %e, "device message refused"),
+                (_, Ok(_)) => hub.health.ingested(Ingest::Applied, 1),
+                (_, Err(e)) => {
+                    hub.health.ingested(Ingest::Refused, 1);
+                    warn!(%topic, error = %e, "device message refused")
+                }
             }
         }
     })

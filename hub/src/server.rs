@@ -28,8 +28,10 @@ use crate::api::{self, ApiError};
 use crate::arn::Arns;
 use crate::ca::{Ca, CaError};
 use crate::config::Config;
+use crate::health::{Outcome, UNKNOWN_OPERATION};
 use crate::link::{Link, LinkError};
 use crate::listener::{accept_next, read_body, Accepted, BodyError, PerAddress, API_PER_ADDRESS};
+use crate::metrics;
 use crate::register::{self, ListenError, Registrar};
 use crate::revocation::{self, Revocation};
 use crate::state::Hub;
@@ -73,6 +75,7 @@ pub struct Server {
     state: Arc<State>,
     listener: TcpListener,
     registration: register::Listener,
+    metrics: Option<metrics::Listener>,
     link: Link,
     revocation: Revocation,
     ca: Arc<Ca>,
@@ -98,6 +101,14 @@ impl Server {
             },
         )
         .await?;
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(
+                metrics::Listener::bind(addr)
+                    .await
+                    .map_err(|source| ServeError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         let link = Link::new(&config.broker.hub_url, &ca)?;
         let revocation = Revocation::new(&config.broker.dir, ca.clone(), config.broker.hub_url);
         let listener =
@@ -114,6 +125,7 @@ impl Server {
             }),
             listener,
             registration,
+            metrics,
             link,
             revocation,
             ca,
@@ -128,6 +140,11 @@ impl Server {
     /// The address of the HTTPS registration listener.
     pub fn registration_addr(&self) -> std::io::Result<SocketAddr> {
         self.registration.local_addr()
+    }
+
+    /// The address of the `/metrics` listener, if the config asks for one.
+    pub fn metrics_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.metrics.as_ref().map(metrics::Listener::local_addr)
     }
 
     /// The hub's CA, for the parts of the hub that issue or check certificates.
@@ -146,6 +163,9 @@ impl Server {
             self.state.hub.clone(),
             shutdown.clone(),
         ));
+        let metrics = self
+            .metrics
+            .map(|m| tokio::spawn(m.run(self.state.hub.clone(), shutdown.clone())));
         let graceful = GracefulShutdown::new();
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let per_address = PerAddress::new(API_PER_ADDRESS);
@@ -169,6 +189,8 @@ impl Server {
             });
         }
         drop(self.listener);
+        // Long-polls of the event history answer now instead of at the end of their wait.
+        self.state.hub.changes.stop_waiting();
         tracing::info!(grace = ?self.grace, "shutting down; draining open requests");
         tokio::select! {
             _ = graceful.shutdown() => tracing::info!("all connections closed"),
@@ -187,6 +209,11 @@ impl Server {
         }
         if let Err(e) = revocation.await {
             tracing::error!(error = %e, "the revocation task panicked");
+        }
+        if let Some(metrics) = metrics {
+            if let Err(e) = metrics.await {
+                tracing::error!(error = %e, "the metrics listener panicked");
+            }
         }
     }
 }
@@ -207,8 +234,9 @@ pub fn cancel_on_signals(token: CancellationToken) -> Result<(), ServeError> {
 }
 
 /// Runs the hub until SIGTERM/SIGINT. The first line on stdout is `listening on ADDR` (the
-/// API), the second `registration listening on ADDR`, so a supervisor or test can use
-/// port 0 and learn the ports.
+/// API), the second `registration listening on ADDR`, and with `[metrics]` configured a
+/// third `metrics listening on ADDR`, so a supervisor or test can use port 0 and learn the
+/// ports.
 pub async fn run(config: Config) -> Result<(), ServeError> {
     let server = Server::bind(config).await?;
     let local = |r: std::io::Result<SocketAddr>| {
@@ -219,6 +247,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     };
     let addr = local(server.local_addr())?;
     let registration = local(server.registration_addr())?;
+    let metrics = server.metrics_addr().map(local).transpose()?;
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone())?;
     tracing::info!(%addr, %registration, fingerprint = %server.ca().fingerprint(), "skerry-hub listening");
@@ -228,6 +257,10 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         out,
         "listening on {addr}\nregistration listening on {registration}"
     )
+    .and_then(|()| match metrics {
+        Some(m) => writeln!(out, "metrics listening on {m}"),
+        None => Ok(()),
+    })
     .and_then(|()| out.flush());
     drop(out);
     server.run(shutdown).await;
@@ -244,6 +277,7 @@ async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let started = std::time::Instant::now();
     let request_id = new_request_id();
     let target = req
         .headers()
@@ -251,6 +285,10 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
+    let operation = api::parse_target(&target)
+        .and_then(|(service, op)| api::operation_name(service, op))
+        .unwrap_or(UNKNOWN_OPERATION);
+    let hub = state.hub.clone();
     let (status, body, error_type) = match respond(state, req).await {
         Ok(v) => (StatusCode::OK, v.to_string().into_bytes(), None),
         Err(e) => {
@@ -259,6 +297,11 @@ async fn handle(
             (status, e.body(), Some(e.code))
         }
     };
+    hub.health.request(
+        operation,
+        Outcome::of_status(status.as_u16()),
+        started.elapsed(),
+    );
     let mut resp = Response::builder()
         .status(status)
         .header(hyper::header::CONTENT_TYPE, api::CONTENT_TYPE)

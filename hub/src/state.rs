@@ -1,9 +1,10 @@
 //! What every part of the hub works over: the store, the ARNs it names things with, and the
-//! changes the publisher and the service loop wait on. One [`Hub`] is shared (behind an
+//! changes the publisher and the service loop wait on, and the hub's health counters. One [`Hub`] is shared (behind an
 //! `Arc`) by the API, the registration listener, the link and the service loop.
 
 use crate::arn::Arns;
 use crate::changes::Changes;
+use crate::health::Health;
 use crate::quota::Quotas;
 use crate::store::{Store, StoreError, Txn};
 
@@ -13,6 +14,8 @@ pub struct Hub {
     pub changes: Changes,
     /// Each device's message quota (`device` takes from it).
     pub quotas: Quotas,
+    /// The hub's own counters `/metrics` reports.
+    pub health: Health,
 }
 
 impl Hub {
@@ -22,6 +25,7 @@ impl Hub {
             arns,
             changes: Changes::new(),
             quotas: Quotas::new(),
+            health: Health::default(),
         }
     }
 

@@ -27,6 +27,7 @@ fn run(name: &str, dir: &Path) {
         .env_remove("HUB_API_PORT")
         .env_remove("HUB_REGISTER_PORT")
         .env_remove("HUB_BROKER_PORT")
+        .env_remove("HUB_METRICS_PORT")
         .env_remove("HUB_ADVERTISE_HOST");
     let out = run_bounded(&mut cmd, Duration::from_secs(60));
     assert!(
@@ -139,11 +140,28 @@ fn hub_up_serves_the_aws_cli_and_keeps_state_across_down_and_up() {
         "SKERRY_REGISTRATION_URL",
         "SKERRY_CA_FINGERPRINT",
         "SKERRY_BROKER",
+        "SKERRY_METRICS_URL",
     ] {
         assert!(env.contains_key(key), "{key} missing from env: {env:?}");
     }
     assert!(env["SKERRY_BROKER"].starts_with("mqtts://127.0.0.1:"));
     aws(&dir, &["ecs", "create-cluster", "--cluster-name", "edge"]);
+    let metrics = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .expect("client")
+        .get(&env["SKERRY_METRICS_URL"])
+        .send()
+        .and_then(|r| r.error_for_status())
+        .and_then(|r| r.text())
+        .expect("GET SKERRY_METRICS_URL");
+    assert!(
+        metrics.contains(
+            "skerry_hub_api_requests_total{operation=\"CreateCluster\",outcome=\"ok\"} 1"
+        ),
+        "{metrics}"
+    );
     // The hub's timestamps as v2 shows them by default: ISO 8601, so it parsed them.
     let td = aws(
         &dir,

@@ -149,6 +149,12 @@ pub enum Message {
         tasks: Vec<TaskReport>,
     },
     Metrics(HostMetrics),
+    /// The latest figures of every running container, from its cgroup; the hub keeps only
+    /// the latest set per instance.
+    #[serde(rename_all = "camelCase")]
+    ContainerMetrics {
+        containers: Vec<ContainerUsage>,
+    },
     /// Stands for messages dropped under the outbox's bound.
     #[serde(rename_all = "camelCase")]
     Dropped {
@@ -183,6 +189,30 @@ pub struct HostMetrics {
     /// Degrees Celsius where the board has a sensor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature_c: Option<f32>,
+    /// Outbox records not yet acknowledged by the broker when the sample was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox_pending_records: Option<u64>,
+}
+
+/// Most containers one [`Message::ContainerMetrics`] carries; the hub keeps no more.
+pub const MAX_CONTAINER_USAGES: usize = 256;
+
+/// One container's figures from cgroup v2, at the time of the entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerUsage {
+    pub task_arn: String,
+    pub container: String,
+    /// CPU time used since the container started (`cpu.stat` `usage_usec`).
+    pub cpu_usage_usec: u64,
+    /// Memory charged to it now (`memory.current`).
+    pub memory_bytes: u64,
+    /// Its own limit (`memory.max`), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<u64>,
+    /// The most it ever held (`memory.peak`, Linux 5.19 on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_peak_bytes: Option<u64>,
 }
 
 /// The retained presence of a device; the broker publishes the `online: false` form as the

@@ -1,9 +1,12 @@
 //! The whole fleet on one machine: `scripts/hub-up` (hub + Mosquitto), an activation made
 //! with `skerry`, two agents that register with it, and the real aws CLI running tasks and a
-//! service across them. Restarts of the hub and of an agent lose nothing.
+//! service across them. Restarts of the hub and of an agent lose nothing. A real Prometheus
+//! server scraping the hub's `/metrics` answers with a running task's container memory.
 
 #[path = "../../agent/tests/harness/mod.rs"]
 mod harness;
+#[path = "../../hub/tests/common/prometheus.rs"]
+mod prometheus;
 mod stack;
 
 use std::collections::BTreeMap;
@@ -13,16 +16,58 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use harness::Agent;
+use prometheus::{promtool_check, Prometheus};
 use stack::Stack;
 
-/// An agent of the fleet: the test harness's agent with a provisioning file.
+/// An agent of the fleet: the test harness's agent with a provisioning file, sending its
+/// containers' figures every second.
 fn device(slot: u8, name: &str, provision: &Path) -> Agent {
     Agent::with_top(
         slot,
         name,
         &format!("provision_file = \"{}\"", provision.display()),
-        "",
+        "[link]\ncontainer_metrics_interval_secs = 1\n",
     )
+}
+
+/// Prometheus scrapes the hub: a PromQL query returns the memory of each running task's
+/// container, and `promtool check metrics` is clean on what the hub serves with a fleet.
+fn prometheus_sees_container_memory(stack: &Stack, dir: &Path, task_arns: &[String]) {
+    let url = &stack.env["SKERRY_METRICS_URL"];
+    let target = url
+        .strip_prefix("http://")
+        .and_then(|r| r.strip_suffix("/metrics"))
+        .expect("SKERRY_METRICS_URL is http://HOST:PORT/metrics");
+    std::fs::create_dir_all(dir).expect("prometheus dir");
+    let prom = Prometheus::start(dir, &[target.to_string()]);
+    for arn in task_arns {
+        let id = arn.rsplit('/').next().expect("task id");
+        let query = format!(
+            "skerry_container_memory_usage_bytes{{task_id=\"{id}\",container=\"main\"}} > 0"
+        );
+        let got = prom.query_until(&query, Duration::from_secs(60), dir);
+        assert_eq!(got.len(), 1, "{query}: {got:#?}");
+        assert!(
+            got[0]["metric"]["instance_id"]
+                .as_str()
+                .is_some_and(|i| i.starts_with("mi-")),
+            "{got:#?}"
+        );
+    }
+    let text = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client")
+        .get(url)
+        .send()
+        .and_then(|r| r.text())
+        .expect("GET /metrics");
+    let complaints = promtool_check(&text);
+    assert!(
+        complaints.trim().is_empty(),
+        "promtool: {complaints}\n{text}"
+    );
 }
 
 fn running_per_instance(tasks: &[Value]) -> BTreeMap<String, usize> {
@@ -147,6 +192,7 @@ fn two_agents_register_run_tasks_and_a_service_and_survive_restarts() {
         2,
         "each device runs exactly its task"
     );
+    prometheus_sees_container_memory(&stack, &tmp.path().join("prometheus"), &task_arns);
 
     // The device history: per instance, the device's seqs strictly increase and the task
     // state changes it reported are there, with the device's time.

@@ -43,6 +43,7 @@ impl Sampler {
             disk_used_mib,
             disk_total_mib,
             temperature_c: temperature(Path::new(THERMAL)),
+            outbox_pending_records: None,
         }
     }
 }
@@ -79,7 +80,8 @@ pub async fn run(data_dir: PathBuf, interval: Duration, out: Outbound, stop: Can
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
-        let m = sampler.sample();
+        let mut m = sampler.sample();
+        m.outbox_pending_records = Some(out.outbox().stats().pending_records);
         if let Err(e) = out.append(Class::Metric, Message::Metrics(m)).await {
             // Metrics are the first to go when the outbox is full; that is by design.
             debug!("metrics not recorded: {e}");

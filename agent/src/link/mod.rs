@@ -3,6 +3,7 @@
 //!
 //! - `report`: task changes (told by the reconciler's observer) into the outbox.
 //! - `metrics`: periodic host figures into the outbox.
+//! - `usage`: periodic per-container CPU and memory (cgroup v2) into the outbox.
 //! - `mqtt`: the broker connection: presence, the desired-state subscription, and the
 //!   sender that publishes outbox records in order and acks them once the broker has.
 //! - `window`: the sender's in-flight window.
@@ -13,6 +14,7 @@
 pub mod metrics;
 pub mod mqtt;
 pub mod report;
+pub mod usage;
 pub mod window;
 
 use std::path::PathBuf;
@@ -49,6 +51,9 @@ pub struct LinkConfig {
     pub metrics_interval: Duration,
     /// The OS the device booted, said in its presence.
     pub os: Os,
+    pub container_metrics_interval: Duration,
+    /// The containerd namespace, which also names the containers' cgroups.
+    pub namespace: String,
 }
 
 impl LinkConfig {
@@ -58,6 +63,8 @@ impl LinkConfig {
             data_dir: cfg.data_dir.clone(),
             metrics_interval: cfg.metrics_interval,
             os: Os::read(),
+            container_metrics_interval: cfg.container_metrics_interval,
+            namespace: cfg.namespace.clone(),
         }
     }
 }
@@ -174,6 +181,13 @@ impl Link {
             outbound.clone(),
             stop.clone(),
         ));
+        let usage = tokio::spawn(usage::run(
+            handle.clone(),
+            cfg.namespace.clone(),
+            cfg.container_metrics_interval,
+            outbound.clone(),
+            stop.clone(),
+        ));
         let (desired_tx, desired_rx) = watch::channel::<Option<Bytes>>(None);
         let applier = tokio::spawn(apply_desired(
             desired_rx,
@@ -210,7 +224,7 @@ impl Link {
             .await;
         }
         stop.cancelled().await;
-        let _ = tokio::join!(reporter, metrics, applier);
+        let _ = tokio::join!(reporter, metrics, usage, applier);
         outbound.outbox.clone().close().await;
     }
 }

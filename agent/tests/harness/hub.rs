@@ -355,6 +355,9 @@ pub fn describe(seen: &Seen) -> String {
             }
             Message::Event { kind, message, .. } => format!("event {kind:?}: {message}"),
             Message::Metrics(_) => "metrics".into(),
+            Message::ContainerMetrics { containers } => {
+                format!("containerMetrics, {} containers", containers.len())
+            }
             Message::Dropped { what, count } => format!("dropped {count} {what}"),
         };
         s.push_str(&format!(

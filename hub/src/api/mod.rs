@@ -91,6 +91,15 @@ pub fn call(
     handler(&Context { hub, now }, body)
 }
 
+/// The table's own spelling of `operation`, for counting requests by a name no client
+/// can make up; `None` if the hub does not serve it.
+pub fn operation_name(service: Service, operation: &str) -> Option<&'static str> {
+    OPERATIONS
+        .iter()
+        .find(|(s, name, _)| *s == service && *name == operation)
+        .map(|(_, name, _)| *name)
+}
+
 /// Decodes an operation's input; AWS answers type errors with SerializationException.
 pub fn input<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {

@@ -5,7 +5,7 @@
 //! messages) is cut to length with control characters replaced, and the cut is counted.
 //! Lists are bounded too, so the work one message makes stays bounded.
 
-use skerry_proto::link::{Envelope, Message};
+use skerry_proto::link::{Envelope, Message, MAX_CONTAINER_USAGES};
 use skerry_proto::status::{ContainerReport, TaskReport};
 
 /// Longest identifier: ECS ARNs are far shorter; an image reference with a digest fits.
@@ -66,6 +66,13 @@ pub fn check(envelope: &Envelope) -> Result<(Message, usize), Refusal> {
         }
         // The agent's own words ("log lines", "task events (…)"): free text.
         Message::Dropped { what, .. } => text(what, &mut cut),
+        Message::ContainerMetrics { containers } => {
+            count("container metrics", containers.len(), MAX_CONTAINER_USAGES)?;
+            for c in containers.iter() {
+                id("container metrics taskArn", &c.task_arn)?;
+                id("container metrics container", &c.container)?;
+            }
+        }
         Message::Applied { .. } | Message::Metrics(_) => {}
     }
     Ok((message, cut))

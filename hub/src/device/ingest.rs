@@ -5,10 +5,14 @@ use std::ops::RangeInclusive;
 
 use serde_json::{json, Map, Value};
 use skerry_proto::desired::{DesiredStatus, SERVICE_GROUP_PREFIX};
-use skerry_proto::link::{Envelope, Message};
+use skerry_proto::link::{ContainerUsage, Envelope, Message, MAX_CONTAINER_USAGES};
 use skerry_proto::status::{ContainerReport, HealthStatus, TaskReport, TaskStatus};
 
 use super::{bounds, DeviceError, Ingested, OsReport};
+
+/// Longest task ARN or container name kept from a container metrics entry (ECS caps a
+/// container name at 255 characters).
+const MAX_NAME: usize = 255;
 use crate::arn::Arns;
 use crate::quota::{self, Verdict};
 use crate::scheduler::{self, Demand};
@@ -291,6 +295,7 @@ impl Ctx<'_, '_, '_> {
                 let json = serde_json::to_string(m).unwrap_or_default();
                 self.tx.set_metrics(&self.link.id, &json, self.time)?;
             }
+            Message::ContainerMetrics { containers } => self.container_metrics(containers)?,
             Message::Dropped { what, count } => {
                 self.event(
                     None,
@@ -300,6 +305,28 @@ impl Ctx<'_, '_, '_> {
                 )?;
             }
         }
+        Ok(())
+    }
+
+    /// Keeps the latest set, cut to the bound; what names no live task's container of this
+    /// instance is kept but never shown (`/metrics` joins the set with the tasks).
+    fn container_metrics(&mut self, containers: &[ContainerUsage]) -> Result<(), DeviceError> {
+        if containers.len() > MAX_CONTAINER_USAGES {
+            tracing::warn!(
+                instance = %self.link.id,
+                sent = containers.len(),
+                kept = MAX_CONTAINER_USAGES,
+                "container metrics over the bound; the rest are dropped"
+            );
+        }
+        let kept: Vec<&ContainerUsage> = containers
+            .iter()
+            .filter(|c| c.task_arn.len() <= MAX_NAME && c.container.len() <= MAX_NAME)
+            .take(MAX_CONTAINER_USAGES)
+            .collect();
+        let json = serde_json::to_string(&kept).unwrap_or_default();
+        self.tx
+            .set_container_metrics(&self.link.id, &json, self.time)?;
         Ok(())
     }
 
@@ -949,6 +976,7 @@ mod tests {
                 disk_used_mib: 1,
                 disk_total_mib: 2,
                 temperature_c: None,
+                outbox_pending_records: None,
             })
         };
         ingest(&hub, &id, &envelope(1, metrics()));

@@ -62,21 +62,25 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Device events after the event id `after`, oldest first, of one instance or all; each
-    /// with its id, which orders events as they arrived (for one device: its own order).
+    /// Device events after the event id `after`, oldest first, of one instance, of one
+    /// cluster's instances, or all; each with its id, which orders events as they arrived
+    /// (for one device: its own order).
     pub fn device_events_after(
         &self,
         instance_id: Option<&str>,
+        cluster: Option<&str>,
         after: i64,
         limit: usize,
     ) -> Result<Vec<(i64, DeviceEvent)>, StoreError> {
         let conn = self.conn()?;
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare_cached(
             "SELECT id, instance_id, seq, time, task_arn, container, kind, message
              FROM device_events WHERE id > ?1 AND (?2 IS NULL OR instance_id = ?2)
+             AND (?4 IS NULL OR instance_id IN
+                  (SELECT id FROM container_instances WHERE cluster = ?4))
              ORDER BY id LIMIT ?3",
         )?;
-        let rows = stmt.query_map(params![after, instance_id, limit as i64], |r| {
+        let rows = stmt.query_map(params![after, instance_id, limit as i64, cluster], |r| {
             Ok((
                 r.get(0)?,
                 DeviceEvent {
@@ -131,6 +135,7 @@ impl Txn<'_> {
                 e.kind,
                 e.message
             ])?;
+        self.events = true;
         // Trimming walks the instance's newest events, so it runs every TRIM_EVERY-th event
         // of the instance, counted by the hub (a device chooses its seqs: counting by those,
         // it could avoid the trim for ever). An event of no known instance is trimmed each

@@ -378,6 +378,22 @@ impl Txn<'_> {
         Ok(())
     }
 
+    /// Replaces the instance's per-container figures (a JSON array of `ContainerUsage`).
+    pub fn set_container_metrics(
+        &mut self,
+        instance_id: &str,
+        containers_json: &str,
+        time: f64,
+    ) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "UPDATE container_instances SET container_metrics = ?2, container_metrics_at = ?3
+                 WHERE id = ?1",
+            )?
+            .execute(params![instance_id, containers_json, time])?;
+        Ok(())
+    }
+
     /// Whether the instance exists.
     pub fn set_connected(
         &mut self,

@@ -193,15 +193,22 @@ UPDATE container_instances SET applied_generation = 4503599627370496
     r#"
 ALTER TABLE container_instances ADD COLUMN events_since_trim INTEGER NOT NULL DEFAULT 0;
 "#,
+    // (metrics): each instance's latest per-container figures, for /metrics.
+    r#"
+ALTER TABLE container_instances ADD COLUMN container_metrics TEXT;     -- JSON [ContainerUsage]
+ALTER TABLE container_instances ADD COLUMN container_metrics_at REAL;  -- its device time
+"#,
 ];
 
 mod events;
+mod fleet;
 mod instances;
 mod links;
 mod services;
 mod tasks;
 
 pub use events::{DeviceEvent, ServiceEvent, DEVICE_EVENTS_KEPT, TRIM_EVERY};
+pub use fleet::{ContainerFigures, FleetFigures, InstanceFigures, ServiceFigures, TaskFigures};
 pub use instances::{ContainerInstance, NewInstance, RegisterOutcome};
 pub use links::{DocumentParts, DocumentRow, InstanceLoad, LinkState};
 pub use services::{DeploymentCounts, ServiceRow, StartFailures};

@@ -236,6 +236,8 @@ pub struct Txn<'c> {
     pub(super) tx: rusqlite::Transaction<'c>,
     /// Instances whose generation this transaction bumped.
     pub(super) touched: BTreeSet<String>,
+    /// Whether it added a device event.
+    pub(super) events: bool,
 }
 
 /// What a committed write changed besides its own result.
@@ -243,6 +245,8 @@ pub struct Txn<'c> {
 pub struct Written {
     /// Instances whose desired-state document (and generation) changed.
     pub instances: BTreeSet<String>,
+    /// Whether device events were added.
+    pub events: bool,
 }
 
 impl Store {
@@ -260,11 +264,22 @@ impl Store {
         let mut txn = Txn {
             tx,
             touched: BTreeSet::new(),
+            events: false,
         };
         let value = f(&mut txn)?;
-        let Txn { tx, touched } = txn;
+        let Txn {
+            tx,
+            touched,
+            events,
+        } = txn;
         tx.commit().map_err(StoreError::from)?;
-        Ok((value, Written { instances: touched }))
+        Ok((
+            value,
+            Written {
+                instances: touched,
+                events,
+            },
+        ))
     }
 
     pub fn task(&self, arn: &str) -> Result<Option<TaskRow>, StoreError> {

@@ -25,6 +25,8 @@ pub struct Hub {
     pub port: u16,
     /// The HTTPS registration listener's port.
     pub registration_port: u16,
+    /// The `/metrics` listener's port, when the config has a `[metrics]` section.
+    pub metrics_port: Option<u16>,
 }
 
 /// A loopback port that was free a moment ago: bind port 0, note the port, let it go.
@@ -87,12 +89,17 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
 
 impl Hub {
     /// Starts a hub on `dir`, writing its config on first use. Port 0: the hub reports the
-    /// API's port on its first stdout line and the registration listener's on the second.
+    /// API's port on its first stdout line, the registration listener's on the second and,
+    /// with `[metrics]` configured, the metrics listener's on the third.
     pub fn start(dir: &Path) -> Hub {
         let config = dir.join("hub.toml");
         if !config.exists() {
             write_config(dir, "");
         }
+        let has_metrics = fs::read_to_string(&config)
+            .expect("read hub config")
+            .lines()
+            .any(|l| l.trim() == "[metrics]");
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -120,11 +127,13 @@ impl Hub {
         };
         let api_port = port();
         let registration_port = port();
+        let metrics_port = has_metrics.then(&mut port);
         Hub {
             dir: dir.to_path_buf(),
             child: Some(child),
             port: api_port,
             registration_port,
+            metrics_port,
         }
     }
 
