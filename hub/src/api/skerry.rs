@@ -162,7 +162,6 @@ mod tests {
     use super::*;
     use crate::arn::Arns;
     use crate::store::{ContainerInstance, Store};
-    use skerry_proto::link::{Entry, Envelope, EventKind, Message};
     use std::sync::Arc;
 
     fn hub_with_instance(dir: &std::path::Path) -> Arc<Hub> {
@@ -215,21 +214,20 @@ mod tests {
         };
         std::thread::sleep(Duration::from_millis(300));
         let ingested = Instant::now();
-        let e = Envelope {
-            seq: 1,
-            folded: Vec::new(),
-            dropped: Vec::new(),
-            entry: Entry {
+        // What ingest writes for a device's event, written here through the same commit
+        // path (the device module depends on this one, not the other way round).
+        hub.write(|tx| {
+            tx.add_device_event(&DeviceEvent {
+                instance_id: "mi-00000000000000001".into(),
+                seq: Some(1),
                 time: 5.0,
-                message: Message::Event {
-                    kind: EventKind::ContainerRestarted,
-                    task_arn: None,
-                    container: Some("web".into()),
-                    message: "restarted".into(),
-                },
-            },
-        };
-        crate::device::ingest(&hub, "mi-00000000000000001", &e, 6.0).expect("ingest");
+                task_arn: None,
+                container: Some("web".into()),
+                kind: "containerRestarted".into(),
+                message: "restarted".into(),
+            })
+        })
+        .expect("add the event");
         let (out, waited) = waiter.join().expect("waiter");
         let out = out.expect("ListEvents");
         assert!(
