@@ -653,23 +653,12 @@ fn add_instance(store: &Store, id: &str, n: u32, cpu: i64, memory: i64) -> Strin
     );
     store
         .insert_container_instance(&ContainerInstance {
-            id: id.into(),
             arn: arn.clone(),
             cluster: "edge".into(),
-            activation_id: "1da5d8c4-2a28-44b5-ac86-911892afea04".into(),
-            hostname: format!("pi-{n}"),
-            architecture: "x86_64".into(),
-            agent_version: "0.1.0".into(),
             cpu_units: cpu,
             memory_mib: memory,
-            attributes: "{}".into(),
-            cert_serial: format!("{n:02x}"),
-            status: "ACTIVE".into(),
-            agent_connected: true,
-            generation: 0,
-            applied_generation: 0,
             registered_at: f64::from(n),
-            last_seen_at: None,
+            ..instance(id, &format!("{n:02x}"))
         })
         .expect("insert instance");
     arn
